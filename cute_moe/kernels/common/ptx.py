@@ -1,0 +1,202 @@
+"""Inline-PTX building blocks shared by the CuTe DSL kernels.
+
+Written as PTX so that the exact instruction is fixed: IEEE (non-ftz) fp32 multiplies, RN
+satfinite e4m3 conversion, predicated vector memory ops, and integer abs-max on bf16 bit
+patterns (NaN-propagating, which ``max.f32`` is not).
+"""
+
+from __future__ import annotations
+
+from cutlass import Float32, Int32, Int64, Uint32
+from cutlass._mlir.dialects import llvm
+from cutlass.cutlass_dsl import T, dsl_user_op
+
+# fp32(1/448): the RCEIL rule multiplies by this rounded reciprocal (REFERENCE §1).
+INV_E4M3_MAX_BITS = 0x3B124925
+SCALE_PAD_CODE = 127
+
+
+def _asm(ret, args, text, constraints, *, side_effects=False, loc=None, ip=None):
+    return llvm.inline_asm(
+        ret,
+        [a.ir_value(loc=loc, ip=ip) for a in args],
+        text,
+        constraints,
+        has_side_effects=side_effects,
+        is_align_stack=False,
+        asm_dialect=llvm.AsmDialect.AD_ATT,
+        loc=loc,
+        ip=ip,
+    )
+
+
+def _unpack(res, n, loc=None, ip=None):
+    return [Uint32(llvm.extractvalue(T.i32(), res, [i], loc=loc, ip=ip)) for i in range(n)]
+
+
+@dsl_user_op
+def ld_global_nc(addr: Int64, pred, n: int, cache: str = ".L1::no_allocate", *, loc=None, ip=None):
+    """``n`` x 32-bit read-only load (n in 1, 2, 4); zeros where ``pred`` is false.
+
+    Marked volatile so the compiler keeps every load of a strip where it was issued (all in
+    flight before the first use) instead of sinking each to its use."""
+    outs = ", ".join(f"${i}" for i in range(n))
+    res = _asm(
+        llvm.StructType.get_literal([T.i32()] * n),
+        [Int64(addr), Int32(pred)],
+        f"{{ .reg .pred p; setp.ne.b32 p, ${n + 1}, 0;\n"
+        + "".join(f"mov.b32 ${i}, 0; " for i in range(n))
+        + f"\n@p ld.global.nc{cache}{'' if n == 1 else f'.v{n}'}.u32 {outs if n == 1 else '{' + outs + '}'}, [${n}]; }}",
+        ",".join(["=r"] * n) + ",l,r",
+        side_effects=True,
+        loc=loc,
+        ip=ip,
+    )
+    return _unpack(res, n, loc, ip)
+
+
+@dsl_user_op
+def ld_global_s32(addr: Int64, *, loc=None, ip=None) -> Int32:
+    return Int32(_asm(T.i32(), [Int64(addr)], "ld.global.s32 $0, [$1];", "=r,l", loc=loc, ip=ip))
+
+
+@dsl_user_op
+def ld_global_s32_pred(addr: Int64, pred, fallback, *, loc=None, ip=None) -> Int32:
+    """Load an int32, or ``fallback`` where ``pred`` is false (no memory access then)."""
+    return Int32(
+        _asm(
+            T.i32(),
+            [Int64(addr), Int32(pred), Int32(fallback)],
+            "{ .reg .pred p; setp.ne.b32 p, $2, 0; mov.b32 $0, $3; @p ld.global.s32 $0, [$1]; }",
+            "=r,l,r,r",
+            loc=loc,
+            ip=ip,
+        )
+    )
+
+
+@dsl_user_op
+def st_global(addr: Int64, vals, pred, *, loc=None, ip=None):
+    """Predicated store of 1, 2 or 4 32-bit words."""
+    n = len(vals)
+    regs = ", ".join(f"${i + 1}" for i in range(n))
+    _asm(
+        None,
+        [Int64(addr), *(Uint32(v) for v in vals), Int32(pred)],
+        f"{{ .reg .pred p; setp.ne.b32 p, ${n + 1}, 0; @p st.global{'' if n == 1 else f'.v{n}'}.u32 [$0], "
+        + (regs if n == 1 else "{" + regs + "}")
+        + "; }",
+        "l," + ",".join(["r"] * (n + 1)),
+        side_effects=True,
+        loc=loc,
+        ip=ip,
+    )
+
+
+@dsl_user_op
+def st_global_u8(addr: Int64, val, pred, *, loc=None, ip=None):
+    _asm(
+        None,
+        [Int64(addr), Uint32(val), Int32(pred)],
+        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p st.global.u8 [$0], $1; }",
+        "l,r,r",
+        side_effects=True,
+        loc=loc,
+        ip=ip,
+    )
+
+
+@dsl_user_op
+def umax(a, b, *, loc=None, ip=None) -> Uint32:
+    return Uint32(_asm(T.i32(), [Uint32(a), Uint32(b)], "max.u32 $0, $1, $2;", "=r,r,r", loc=loc, ip=ip))
+
+
+@dsl_user_op
+def absmax_bf16x2(acc, w, *, loc=None, ip=None) -> Uint32:
+    """Per-half running max of |bf16| bit patterns: ``max.u16x2(acc, w & 0x7fff7fff)``.
+
+    For non-negative IEEE values integer order is numeric order, and NaN patterns sort above
+    inf, so a NaN anywhere makes the max a NaN pattern."""
+    return Uint32(
+        _asm(
+            T.i32(),
+            [Uint32(acc), Uint32(w)],
+            "{ .reg .b32 t; and.b32 t, $2, 0x7FFF7FFF; max.u16x2 $0, $1, t; }",
+            "=r,r,r",
+            loc=loc,
+            ip=ip,
+        )
+    )
+
+
+@dsl_user_op
+def halves_max(w, *, loc=None, ip=None) -> Uint32:
+    """max of the two 16-bit halves of ``w`` (as unsigned)."""
+    return Uint32(
+        _asm(
+            T.i32(),
+            [Uint32(w)],
+            "{ .reg .b32 lo, hi; and.b32 lo, $1, 0xFFFF; shr.u32 hi, $1, 16; max.u32 $0, lo, hi; }",
+            "=r,r",
+            loc=loc,
+            ip=ip,
+        )
+    )
+
+
+@dsl_user_op
+def e8m0_scale(amax_bf16_bits, *, loc=None, ip=None):
+    """RCEIL scale for a block amax given as |bf16| bits -> (E8M0 code, fp32 2**(127-E)).
+
+    ``E = exp(v) + (mant(v) != 0)``, ``v = amax * fp32(1/448)`` (IEEE mul, subnormals kept),
+    saturating at 254; NaN amax -> 0xFF and a NaN multiplier (so the block's data become NaN).
+    E = 254 needs 2**-127, a subnormal, built from its bits."""
+    res = _asm(
+        llvm.StructType.get_literal([T.i32(), T.i32()]),
+        [Uint32(amax_bf16_bits)],
+        "{ .reg .b32 a, vb, ex, mt, e, sb; .reg .f32 af, v; .reg .pred pm, pn, p254;\n"
+        "shl.b32 a, $2, 16; mov.b32 af, a;\n"
+        f"mul.rn.f32 v, af, 0f{INV_E4M3_MAX_BITS:08X}; mov.b32 vb, v;\n"
+        "shr.u32 ex, vb, 23; and.b32 ex, ex, 255; and.b32 mt, vb, 0x7FFFFF;\n"
+        "setp.ne.u32 pm, mt, 0; selp.u32 e, 1, 0, pm; add.u32 e, e, ex; min.u32 e, e, 254;\n"
+        "setp.gt.u32 pn, a, 0x7F800000; selp.u32 e, 255, e, pn;\n"
+        "sub.u32 sb, 254, e; shl.b32 sb, sb, 23;\n"
+        "setp.eq.u32 p254, e, 254; selp.b32 sb, 0x00400000, sb, p254; selp.b32 sb, 0x7FC00000, sb, pn;\n"
+        "mov.b32 $0, e; mov.b32 $1, sb; }",
+        "=r,=r,r",
+        loc=loc,
+        ip=ip,
+    )
+    code, scale_bits = _unpack(res, 2, loc, ip)
+    return code, scale_bits
+
+
+@dsl_user_op
+def bf16_to_e4m3(words, sbits, *, loc=None, ip=None):
+    """bf16 pairs (element 2k in the low half of word k) times per-element fp32 scales (given as
+    bits) -> e4m3 bytes packed 4 per word, RN satfinite, element order kept. ``len(words)`` is even."""
+    n = len(words)
+    body = []
+    for k in range(n):
+        body.append(
+            f"shl.b32 lo, ${n // 2 + k}, 16; and.b32 hi, ${n // 2 + k}, 0xFFFF0000;\n"
+            f"mov.b32 fl, lo; mov.b32 fh, hi; mov.b32 sl, ${n // 2 + n + 2 * k}; mov.b32 sh, ${n // 2 + n + 2 * k + 1};\n"
+            "mul.rn.f32 fl, fl, sl; mul.rn.f32 fh, fh, sh;\n"
+            f"cvt.rn.satfinite.e4m3x2.f32 h, fh, fl; cvt.u32.u16 p{k % 2}, h;\n"
+        )
+        if k % 2:
+            body.append(f"shl.b32 p1, p1, 16; or.b32 ${k // 2}, p0, p1;\n")
+    res = _asm(
+        llvm.StructType.get_literal([T.i32()] * (n // 2)),
+        [Uint32(v) for v in (*words, *sbits)],
+        "{ .reg .b32 lo, hi, p0, p1; .reg .f32 fl, fh, sl, sh; .reg .b16 h;\n" + "".join(body) + "}",
+        ",".join(["=&r"] * (n // 2) + ["r"] * (3 * n)),  # early-clobber: outputs are written mid-asm
+        loc=loc,
+        ip=ip,
+    )
+    return _unpack(res, n // 2, loc, ip)
+
+
+def swizzle_offset(r, c, col_groups):
+    """Byte offset of scale (r, c) in the swizzled layout; ``col_groups`` = padded cols / 4."""
+    return ((r // 128) * col_groups + c // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + (c % 4)

@@ -1,0 +1,72 @@
+"""Compiling CuTe DSL kernels: target architecture, argument placeholders, in-memory cache.
+
+A kernel is compiled once per static configuration (its constructor arguments and the target
+arch) and reused for every runtime shape: token counts and split sizes are kernel arguments.
+Kernels compile without a GPU for a named arch (``CUTE_DSL_ARCH`` or ``arch=``), which is how CI
+checks every kernel's PTX.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Callable, Optional
+
+_cache: dict = {}
+_lock = threading.Lock()
+#: seconds spent compiling per cache key (benchmarks report first-call compile time)
+compile_seconds: dict = {}
+
+
+def target_arch(device=None) -> str:
+    """``sm_90a`` / ``sm_100a`` for the given CUDA device, else ``$CUTE_DSL_ARCH``."""
+    import torch
+
+    if device is not None and torch.device(device).type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"sm_{major}{minor}a"
+    env = os.environ.get("CUTE_DSL_ARCH")
+    if env:
+        return env
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return f"sm_{major}{minor}a"
+    raise RuntimeError("no CUDA device and CUTE_DSL_ARCH is unset: set CUTE_DSL_ARCH=sm_90a (or sm_100a) to compile")
+
+
+def gmem_ptr(dtype, tensor=None):
+    """A global-memory pointer argument (address 0 when compiling without data)."""
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import make_ptr
+
+    return make_ptr(dtype, 0 if tensor is None else tensor.data_ptr(), cute.AddressSpace.gmem, assumed_align=16)
+
+
+def stream_arg(torch_stream=None):
+    import cuda.bindings.driver as cuda
+
+    return cuda.CUstream(0 if torch_stream is None else torch_stream.cuda_stream)
+
+
+def compile_kernel(key: tuple, make: Callable[[], Any], args: tuple, arch: str, keep_ptx: bool = False):
+    """Compile ``make()`` (a ``cute.jit`` callable) for ``arch`` once per ``key``; cached."""
+    import cutlass.cute as cute
+
+    full_key = (key, arch, keep_ptx)
+    with _lock:
+        hit = _cache.get(full_key)
+        if hit is not None:
+            return hit
+        t0 = time.perf_counter()
+        opts = [cute.GPUArch(arch)]
+        if keep_ptx:
+            opts.append(cute.KeepPTX)
+        compiled = cute.compile[tuple(opts)](make(), *args)
+        compile_seconds[full_key] = time.perf_counter() - t0
+        _cache[full_key] = compiled
+        return compiled
+
+
+def ptx_of(compiled) -> Optional[str]:
+    return compiled.__ptx__
