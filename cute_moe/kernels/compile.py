@@ -61,7 +61,12 @@ def compile_kernel(key: tuple, make: Callable[[], Any], args: tuple, arch: str, 
         t0 = time.perf_counter()
         opts = [cute.GPUArch(arch)]
         if keep_ptx:
-            opts.append(cute.KeepPTX)
+            import tempfile
+
+            from cutlass.base_dsl.compiler import DumpDir
+
+            # KeepPTX also writes a .ptx file; keep it out of the working directory
+            opts += [cute.KeepPTX, DumpDir(tempfile.gettempdir())]
         compiled = cute.compile[tuple(opts)](make(), *args)
         compile_seconds[full_key] = time.perf_counter() - t0
         _cache[full_key] = compiled

@@ -56,7 +56,7 @@ def _blocks_last(x: torch.Tensor) -> torch.Tensor:
     pad = (-c) % BLOCK
     if pad:
         x = torch.nn.functional.pad(x, (0, pad))
-    return x.reshape(*x.shape[:-1], -1, BLOCK)
+    return x.reshape(*x.shape[:-1], x.shape[-1] // BLOCK, BLOCK)
 
 
 def _quantize_blocks(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,8 +146,8 @@ class MXFP8Tensor:
 def _check_input(x: torch.Tensor, name: str = "x") -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        raise TypeError(f"{name} must be bfloat16, float16 or float32, got {x.dtype}")
+    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+        raise TypeError(f"{name} must be a floating tensor (bf16, fp16, fp32, fp64), got {x.dtype}")
 
 
 def _is_rowwise(axis: int, ndim: int) -> bool:
@@ -176,7 +176,7 @@ def quantize(x: torch.Tensor, axis: int = -1, split_sizes: Optional[torch.Tensor
                 raise ValueError(f"split_sizes needs a 2-D x, got {x.dim()}-D")
             split_sizes = check_split_sizes(split_sizes, x.shape[0]).to(torch.int32)
         qb, code = _quantize_blocks(_blocks_last(x))
-        q = qb.reshape(*x.shape[:-1], -1)[..., : x.shape[-1]]
+        q = qb.reshape(*x.shape[:-1], qb.shape[-2] * BLOCK)[..., : x.shape[-1]]
         return MXFP8Tensor(q.contiguous(), -1, scale=code.contiguous(), split_sizes=split_sizes)
     if split_sizes is None:
         qt = quantize(x.t(), axis=-1)
@@ -225,3 +225,30 @@ def dequantize(
             out[off : off + n] = q[off : off + n] * s
         off += n
     return out.to(dtype)
+
+
+def e8m0_to_f32(code: torch.Tensor) -> torch.Tensor:
+    """2**(code-127) in fp32 built from bits (code 0 -> the subnormal 2**-127, 0xFF -> NaN)."""
+    c = code.to(torch.int32)
+    val = (c << 23).view(torch.float32)
+    val = torch.where(c == 0, torch.full_like(val, 2.0**-127), val)
+    return torch.where(c == E8M0_NAN, torch.full_like(val, float("nan")), val)
+
+
+def dequantize_device(t: MXFP8Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Dequantize on the tensor's device without host syncs (the grouped columnwise placement is
+    resolved with device-side index math). Exact in fp32; in bf16 exact except where the value
+    falls outside bf16's normal range (|x| >= 2**128 -> inf, |x| < 2**-126 rounds)."""
+    q = t.data.to(torch.float32)
+    if t.axis != 0:
+        s = e8m0_to_f32(t.scale).repeat_interleave(BLOCK, dim=-1)[..., : q.shape[-1]]
+        return (q * s).to(dtype)
+    rows = q.shape[0]
+    if t.split_sizes is None:
+        block = torch.arange(rows, device=q.device) // BLOCK
+    else:
+        sizes = t.split_sizes.to(q.device, torch.int64)
+        e = torch.repeat_interleave(torch.arange(sizes.numel(), device=q.device), sizes, output_size=rows)
+        start = torch.cumsum(sizes, 0) - sizes
+        block = 4 * (start[e] // 128 + e) + (torch.arange(rows, device=q.device) - start[e]) // BLOCK
+    return (q * e8m0_to_f32(t.scale)[block]).to(dtype)

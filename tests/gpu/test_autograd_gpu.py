@@ -1,0 +1,76 @@
+"""GPU paths (unfused MXFP8 with the CuTe DSL quantize kernels; bf16) vs the fp64 oracle."""
+
+import pytest
+import torch
+
+import cute_moe
+from cute_moe import autocast, dispatch, grouped_linear, grouped_mlp
+from cute_moe.functional import last_decision
+
+from helpers import mlp_problem, oracle_linear, oracle_mlp, rel_err, run_mlp
+
+pytestmark = pytest.mark.gpu
+NAMES = ["y", "dx", "dw1", "dw2", "dprobs"]
+
+
+@pytest.mark.parametrize("e,t_mean,k,h", [(6, 40, 256, 256), (4, 100, 512, 256), (3, 17, 256, 96)])
+def test_mxfp8_unfused_vs_oracle(e, t_mean, k, h):
+    sizes, x, w1, w2, p, dy = mlp_problem(e, t_mean, k, h, device="cuda", seed=e)
+    with autocast():
+        assert last_decision(x, w1, w2).path == dispatch.MXFP8_UNFUSED
+        got = run_mlp(grouped_mlp, x, w1, w2, sizes, p, dy)
+    want = oracle_mlp(x, w1, w2, sizes, p, dy)
+    plain = oracle_mlp(x, w1, w2, sizes, p, dy, mx=False)
+    for name, a, b, c in zip(NAMES, got, want, plain):
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b) < 8e-3, name
+        assert rel_err(b, c) > 1e-2, name  # quantization really ran (no silent bf16 fallback)
+    zero = (sizes == 0).nonzero().flatten()
+    assert bool((got[2][zero] == 0).all()) and bool((got[3][zero] == 0).all())
+
+
+def test_bf16_path_vs_plain_oracle():
+    sizes, x, w1, w2, p, dy = mlp_problem(5, 50, 256, 256, device="cuda")
+    assert last_decision(x, w1, w2).path == dispatch.BF16
+    got = run_mlp(grouped_mlp, x, w1, w2, sizes, p, dy)
+    want = oracle_mlp(x, w1, w2, sizes, p, dy, mx=False)
+    for name, a, b in zip(NAMES, got, want):
+        assert rel_err(a, b) < 1e-2, name
+
+
+def test_grouped_linear_gpu():
+    sizes = torch.tensor([0, 1, 40, 33, 70], device="cuda")
+    x = torch.randn(144, 256, device="cuda").bfloat16()
+    w = torch.randn(5, 128, 256, device="cuda").bfloat16()
+    dy = torch.randn(144, 128, device="cuda").bfloat16()
+    xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+    with autocast():
+        y = grouped_linear(xl, wl, sizes)
+    y.backward(dy)
+    for name, a, b in zip(["y", "dx", "dw"], [y, xl.grad, wl.grad], oracle_linear(x, w, sizes, dy)):
+        assert rel_err(a, b) < 8e-3, name
+
+
+def test_no_host_sync_when_checks_are_off():
+    sizes, x, w1, w2, p, dy = mlp_problem(6, 64, 256, 256, device="cuda")
+    m = cute_moe.GroupedMLP(6, 256, 256, device="cuda")
+    with autocast():
+        m(x, sizes, p).backward(dy)  # compile / warm up
+    cute_moe.set_split_size_checks(False)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with autocast():
+            y = m(x, sizes, p)
+            y.backward(dy)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        cute_moe.set_split_size_checks(True)
+    torch.cuda.synchronize()
+
+
+def test_explain_on_gpu():
+    x = torch.randn(8, 256, device="cuda").bfloat16()
+    m = cute_moe.GroupedMLP(2, 256, 256, device="cuda")
+    with autocast():
+        msg = cute_moe.explain(x, m)
+    assert msg.startswith(dispatch.MXFP8_UNFUSED) and "not in this build" in msg
