@@ -197,7 +197,7 @@ class _GroupedMLPFn(torch.autograd.Function):
         sizes = ops.grouping(split_sizes, x.shape[0])
         x_row, x_col = ops.quant(x, sizes, row=True, col=w1.requires_grad)
         z = ops.round_act(ops.gmm(ops.deq(x_row), ops.weight(w1), sizes).to(ops.dtype))
-        h = ops.round_act(swiglu(z, probs))
+        h = ops.round_act(swiglu(z.to(ops.dtype), probs))  # SwiGLU in fp32 from the stored z
         h_row, h_col = ops.quant(h, sizes, row=True, col=w2.requires_grad)
         y = ops.gmm(ops.deq(h_row), ops.weight(w2), sizes)
         ctx.ops, ctx.sizes, ctx.x_col, ctx.h_col, ctx.x_dtype = ops, sizes, x_col, h_col, x.dtype
