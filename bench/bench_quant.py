@@ -25,7 +25,6 @@ def copy_bandwidth(n_bytes=2 << 30):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
-    ap.add_argument("--variants", nargs="+", default=["8:1"], help="kernel variants cols_per_lane:reload to time, e.g. 4:1 8:0")
     args = ap.parse_args()
     bw = copy_bandwidth()
     rows = []
@@ -37,21 +36,17 @@ def main():
         ("32768x2048 row+col grouped E=128 swz", 32768, 2048, True, True, 128, True),
         ("32768x4096 row+col grouped E=8", 32768, 4096, True, True, 8, False),
     ]
-    variants = [tuple(int(v) for v in s.split(":")) for s in args.variants]
-    for (name, t, c, r, col, e, swz), (cpl, rl) in [(case, v) for case in cases for v in variants]:
-        if rl and not (r and col) and (cpl, 0) in variants:
-            continue  # reload only changes the row+col kernel
-        name = f"{name} [{cpl}:{rl}]"
+    for name, t, c, r, col, e, swz in cases:
         x = torch.randn(t, c, device="cuda").to(torch.bfloat16)
         offsets = None
         if e:
             sizes = torch.full((e,), t // e, dtype=torch.int32, device="cuda")
             offsets = exclusive_offsets(sizes)
         t0 = time.perf_counter()
-        quantize_mxfp8_cuda(x, r, col, offsets, swz, cols_per_lane=cpl, reload=bool(rl))
+        quantize_mxfp8_cuda(x, r, col, offsets, swz)
         torch.cuda.synchronize()
         first = time.perf_counter() - t0
-        ms = do_bench(lambda: quantize_mxfp8_cuda(x, r, col, offsets, swz, cols_per_lane=cpl, reload=bool(rl)), warmup=25, rep=200)
+        ms = do_bench(lambda: quantize_mxfp8_cuda(x, r, col, offsets, swz), warmup=25, rep=200)
         nbytes = x.numel() * 2 + (r + col) * (x.numel() + x.numel() // 32)
         gbs = nbytes / ms / 1e6
         rows.append(dict(case=name, ms=ms, GBps=gbs, ratio=gbs / bw, first_call_s=first))

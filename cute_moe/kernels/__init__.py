@@ -24,15 +24,15 @@ class KernelConfig:
 def _quantize_configs():
     from .quantize import compiled_quantize_kernel
 
-    must = ("cvt.rn.satfinite.e4m3x2.f32", "ld.global.nc", "max.u16x2", "mul.rn.f32")
+    must = ("cp.async.cg.shared.global", "cvt.rn.satfinite.e4m3x2.f32", "max.u16x2", "mul.rn.f32", "bar.sync")
     cfgs = [
-        # (cols, rowwise, colwise, grouped, swizzled, cols_per_lane, reload)
-        (7168, True, False, False, False, 8, False),
-        (7168, False, True, False, False, 8, False),
-        (7168, True, True, False, True, 8, False),
-        (2048, True, True, True, True, 8, False),
-        (4096, True, True, True, False, 4, True),
-        (96, True, True, False, False, 4, False),
+        # (cols, rowwise, colwise, grouped, swizzled)
+        (7168, True, False, False, False),
+        (7168, False, True, False, False),
+        (7168, True, True, False, True),
+        (2048, True, True, True, True),
+        (4096, True, True, True, False),
+        (96, True, True, False, False),
     ]
     out = []
     for c in cfgs:
@@ -40,7 +40,7 @@ def _quantize_configs():
         out.append(
             KernelConfig(
                 name="mxfp8_quantize" + "".join(f"-{v}" for v in c),
-                compile=lambda arch, c=c: compiled_quantize_kernel(*c[:5], arch, keep_ptx=True, cols_per_lane=c[5], reload=c[6]),
+                compile=lambda arch, c=c: compiled_quantize_kernel(*c, arch, keep_ptx=True),
                 ptx_must_contain=must + extra,
             )
         )

@@ -3,17 +3,21 @@
 One kernel class, specialised at compile time by (C, rowwise, colwise, grouped, swizzled); T,
 the split sizes and the expert count are runtime values, so routing changes never recompile.
 
-Work decomposition (why it looks like this):
-- A CTA owns one *placed* 128-token tile (REFERENCE §2 grouped placement: expert e's tiles start at
-  ``offset[e] // 128 + e``) and 256 columns. Iterating over placed tiles rather than tokens means
-  every scale byte of a grouped or swizzled buffer, padding included, has exactly one writer, and
-  no 32-row block ever crosses an expert boundary.
-- Warp w owns the 32-token strip w of the tile = one columnwise block; lane l owns 8 columns
-  (16-byte loads; a warp reads 512 contiguous bytes per row). A thread keeps its 32x8 bf16 strip
-  in registers: column amaxes need no communication, a rowwise block (32 columns) is 4 lanes
-  (two xor-shuffles).
-- The tile -> expert lookup is a 2-level 32-ary search by ballot over ``offsets`` (E <= 1024):
-  two dependent loads instead of log2(E).
+How the work is laid out, and why:
+- A work item is one *placed* 128-token tile (REFERENCE §2 grouped placement: expert e's tiles
+  start at ``offset[e] // 128 + e``) by 128 columns. Iterating over placed tiles rather than tokens
+  means every scale byte of a grouped or swizzled buffer, padding included, has exactly one writer,
+  and no 32-row block ever crosses an expert boundary.
+- Persistent CTAs (3 per SM) walk the items; each item is staged in shared memory by ``cp.async``
+  (rows past the expert's end are zero-filled), double-buffered so the next item's loads fly while
+  this one converts. Register-resident designs (the strip kept in registers, no shared memory)
+  measured 0.52-0.78 of copy bandwidth for row+col because a CTA's conversion could not overlap its
+  own loads; this one measures 0.80-0.87 (bench/RESULTS.md).
+- Rowwise pass: a thread converts 8 columns of a row (4 lanes = one 32-block, two xor-shuffles for
+  the amax). Columnwise pass: warp w owns rows 32w..32w+31 (one block), a lane 4 columns; rows are
+  padded by 16 bytes in shared memory so these column reads are bank-conflict free.
+- The tile -> expert lookup is a 2-level 32-ary search by ballot over ``offsets`` (E <= 1024) that
+  also returns the expert's token range by shuffle: two dependent load rounds.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from .common.ptx import (
     SCALE_PAD_CODE,
     absmax_bf16x2,
     bf16_to_e4m3,
+    cp_async_16,
     e8m0_scale,
     halves_max,
-    ld_global_nc,
     ld_global_s32_pred,
+    ld_shared,
     st_global,
     st_global_u8,
     swizzle_offset,
@@ -37,7 +42,11 @@ from .common.ptx import (
 )
 
 TILE_TOKENS = 128
-STRIP = 32  # tokens per warp = one columnwise block
+TILE_COLS = 128
+ROW_BYTES = TILE_COLS * 2 + 16  # +16: column reads of the colwise pass hit distinct banks
+STAGE_BYTES = TILE_TOKENS * ROW_BYTES
+STAGES = 2
+CTAS_PER_SM = 3  # 2 stages x 34 KB of shared memory each
 MAX_EXPERTS = 1024  # two ballot levels of 32
 
 
@@ -48,64 +57,31 @@ class MXFP8QuantizeKernel:
     - ``q_row`` [T, C], ``s_row`` plain [T, C/32] or swizzled (placed rows when grouped);
     - ``q_col`` [T, C], ``s_col`` plain [4 * tiles, C] (grouped) / [ceil(T/32), C] (dense) or
       swizzled as the transposed operand ([C, 4 * tiles] before swizzling).
-
-    ``cols_per_lane``: 8 (16-byte loads, 128 data registers a thread) or 4 (8-byte loads, 64
-    registers: more CTAs per SM to overlap one CTA's loads with another's conversion).
     """
 
-    threads = 4 * 32
+    threads = 128
 
-    def __init__(self, cols: int, rowwise: bool, colwise: bool, grouped: bool, swizzled: bool, cols_per_lane: int = 8, reload: bool = False):
+    def __init__(self, cols: int, rowwise: bool, colwise: bool, grouped: bool, swizzled: bool):
         if cols % 32:
             raise ValueError(f"cols must be a multiple of 32, got {cols}")
         if swizzled and cols % 128:
             raise ValueError(f"swizzled scales need cols % 128 == 0, got {cols}")
         if not (rowwise or colwise):
             raise ValueError("at least one of rowwise / colwise")
-        if cols_per_lane not in (4, 8):
-            raise ValueError(f"cols_per_lane must be 4 or 8, got {cols_per_lane}")
-        self.cols = cols
-        self.rowwise = rowwise
-        self.colwise = colwise
-        self.grouped = grouped
-        self.swizzled = swizzled
-        self.cols_per_lane = cols_per_lane
-        # row+col: convert the columnwise pass from a second (L1/L2-hit) load of the strip rather
-        # than keeping it in registers through the rowwise pass
-        self.reload = reload and rowwise and colwise
-        self.cols_per_cta = 32 * cols_per_lane
-        self.words = cols_per_lane // 2  # bf16 pairs a lane loads per row
-        self.lanes_per_block = 32 // cols_per_lane  # lanes sharing one rowwise 32-block
+        self.cols, self.rowwise, self.colwise, self.grouped, self.swizzled = cols, rowwise, colwise, grouped, swizzled
+        self.n_cblk = (cols + TILE_COLS - 1) // TILE_COLS
 
     @cute.jit
-    def __call__(
-        self,
-        x: cute.Pointer,
-        q_row: cute.Pointer,
-        s_row: cute.Pointer,
-        q_col: cute.Pointer,
-        s_col: cute.Pointer,
-        offsets: cute.Pointer,
-        tokens: Int32,
-        num_experts: Int32,
-        num_tiles: Int32,
-        stream,
-    ):
+    def __call__(self, x: cute.Pointer, q_row: cute.Pointer, s_row: cute.Pointer, q_col: cute.Pointer, s_col: cute.Pointer,
+                 offsets: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32, num_ctas: Int32, stream):
         self.kernel(x, q_row, s_row, q_col, s_col, offsets, tokens, num_experts, num_tiles).launch(
-            # column chunks fastest: CTAs launched together cover the same rows, so partial-sector
-            # scale writes of one row complete in L2 before eviction
-            grid=[(self.cols + self.cols_per_cta - 1) // self.cols_per_cta, num_tiles, 1],
-            block=[self.threads, 1, 1],
-            stream=stream,
-        )
+            grid=[num_ctas, 1, 1], block=[self.threads, 1, 1], stream=stream)
 
     @cute.jit
     def find_expert(self, offsets: cute.Pointer, num_experts: Int32, tile: Int32, lane: Int32):
         """(e, offsets[e], offsets[e+1]) for the largest e with ``offsets[e] // 128 + e <= tile``
-        (tile starts strictly increase with e). The last level's lanes also fetch offsets[e+1], so
-        the token range comes back by shuffle: two dependent load rounds in all."""
+        (tile starts strictly increase with e)."""
         base = offsets.toint()
-        lo = Int32(0)
         e = lane * 32
         ok = e < num_experts
         start = ld_global_s32_pred(base + Int64(e) * 4, ok, 0) // TILE_TOKENS + e
@@ -114,124 +90,141 @@ class MXFP8QuantizeKernel:
         ok = e < num_experts
         off_e = ld_global_s32_pred(base + Int64(e) * 4, ok, 0)
         off_next = ld_global_s32_pred(base + Int64(e) * 4 + 4, ok, 0)
-        hits = Int32(cute.arch.popc(cute.arch.vote_ballot_sync(ok & (off_e // TILE_TOKENS + e <= tile))))
-        src = hits - 1
-        tok0 = cute.arch.shuffle_sync(off_e, src)
-        tok1 = cute.arch.shuffle_sync(off_next, src)
-        return lo + src, tok0, tok1
+        src = Int32(cute.arch.popc(cute.arch.vote_ballot_sync(ok & (off_e // TILE_TOKENS + e <= tile)))) - 1
+        return lo + src, cute.arch.shuffle_sync(off_e, src), cute.arch.shuffle_sync(off_next, src)
 
-    @cute.kernel
-    def kernel(
-        self,
-        x: cute.Pointer,
-        q_row: cute.Pointer,
-        s_row: cute.Pointer,
-        q_col: cute.Pointer,
-        s_col: cute.Pointer,
-        offsets: cute.Pointer,
-        tokens: Int32,
-        num_experts: Int32,
-        num_tiles: Int32,
-    ):
-        tidx, _, _ = cute.arch.thread_idx()
-        cblk, tile, _ = cute.arch.block_idx()
-        warp = tidx // 32
-        lane = tidx % 32
-        C = self.cols
-        nw = self.words
-        col = cblk * self.cols_per_cta + lane * self.cols_per_lane
-        col_ok = col < C
-
+    @cute.jit
+    def item_rows(self, offsets, tokens, num_experts, tile, lane):
+        """(first token, valid rows) of placed tile ``tile``."""
         tok0 = Int32(0)
         tok1 = tokens
         tile0 = Int32(0)
         if cutlass.const_expr(self.grouped):
             e, tok0, tok1 = self.find_expert(offsets, num_experts, tile, lane)
             tile0 = tok0 // TILE_TOKENS + e
-        local = (tile - tile0) * TILE_TOKENS + warp * STRIP  # strip start within the expert
-        valid = cutlass.min(cutlass.max(tok1 - tok0 - local, Int32(0)), Int32(STRIP))
-        row0 = tok0 + local  # token index of the strip's first row
-        placed_row0 = tile * TILE_TOKENS + warp * STRIP
+        local = (tile - tile0) * TILE_TOKENS
+        rows = cutlass.min(cutlass.max(tok1 - tok0 - local, Int32(0)), Int32(TILE_TOKENS))
+        return tok0 + local, rows
 
-        # element (row0 + i, col) sits at byte (elem0 + i * C) * width: one 64-bit base per strip
-        elem0 = Int64(row0) * C + Int64(col)
-        x_strip = x.toint() + elem0 * 2
-        first_cache = ".L1::evict_last" if cutlass.const_expr(self.reload) else ".L1::no_allocate"
-        words = []
-        for i in cutlass.range_constexpr(STRIP):
-            words.append(ld_global_nc(x_strip + i * C * 2, (i < valid) & col_ok, nw, first_cache))
+    @cute.jit
+    def issue(self, x: cute.Pointer, stage: Int32, row0: Int32, rows: Int32, cblk: Int32, tidx: Int32):
+        C = self.cols
+        ch = tidx % 16
+        col = cblk * TILE_COLS + ch * 8
+        for j in cutlass.range_constexpr(TILE_TOKENS // 8):
+            r = tidx // 16 + 8 * j
+            ok = (r < rows) & (col < C)
+            src = x.toint() + Int64(cutlass.select_(ok, (Int64(row0 + r) * C + Int64(col)) * 2, Int64(0)))
+            cp_async_16(stage + r * ROW_BYTES + ch * 16, Int64(src), Int32(cutlass.select_(ok, Int32(16), Int32(0))))
 
+    @cute.jit
+    def process(self, q_row, s_row, q_col, s_col, stage, tile, cblk, row0, rows, num_tiles, tidx):
+        C = self.cols
         if cutlass.const_expr(self.rowwise):
-            q_strip = q_row.toint() + elem0
+            ch = tidx % 16
+            col = cblk * TILE_COLS + ch * 8
+            col_ok = col < C
             blk = col // 32
-            if cutlass.const_expr(self.swizzled):
-                # placed rows tile*128 + warp*32 + i: only the (r % 32) term moves with i
-                s_strip = s_row.toint() + Int64(swizzle_offset(placed_row0, blk, C // 128))
-            else:
-                s_strip = s_row.toint() + Int64(row0) * (C // 32) + Int64(blk)
-            writer = (lane % self.lanes_per_block == 0) & col_ok
-            for i in cutlass.range_constexpr(STRIP):
-                acc = Uint32(0)
-                for k in cutlass.range_constexpr(nw):
-                    acc = absmax_bf16x2(acc, words[i][k])
-                m = halves_max(acc)
-                step = 1
-                while step < self.lanes_per_block:  # trace-time loop: log2(lanes) xor-shuffles
-                    m = umax(m, cute.arch.shuffle_sync_bfly(m, offset=step))
-                    step *= 2
+            writer = (ch % 4 == 0) & col_ok
+            for p in cutlass.range_constexpr(TILE_TOKENS // 8):
+                r = tidx // 16 + 8 * p
+                w = ld_shared(stage + r * ROW_BYTES + ch * 16, 4)
+                m = halves_max(absmax_bf16x2(absmax_bf16x2(absmax_bf16x2(absmax_bf16x2(Uint32(0), w[0]), w[1]), w[2]), w[3]))
+                m = umax(m, cute.arch.shuffle_sync_bfly(m, offset=1))
+                m = umax(m, cute.arch.shuffle_sync_bfly(m, offset=2))
                 code, sbits = e8m0_scale(m)
-                q = bf16_to_e4m3(words[i], [sbits] * (2 * nw))
-                row_ok = i < valid
-                st_global(q_strip + i * C, q, row_ok & col_ok)
+                q = bf16_to_e4m3(w, [sbits] * 8)
+                row_ok = r < rows
+                st_global(q_row.toint() + Int64(row0 + r) * C + Int64(col), q, row_ok & col_ok)
                 if cutlass.const_expr(self.swizzled):
-                    st_global_u8(s_strip + i * 16, Uint32(cutlass.select_(row_ok, code, Uint32(SCALE_PAD_CODE))), writer)
+                    off = swizzle_offset(tile * TILE_TOKENS + r, blk, C // 128)
+                    st_global_u8(s_row.toint() + Int64(off), Uint32(cutlass.select_(row_ok, code, Uint32(SCALE_PAD_CODE))), writer)
                 else:
-                    st_global_u8(s_strip + i * (C // 32), code, writer & row_ok)
-
+                    st_global_u8(s_row.toint() + Int64(row0 + r) * (C // 32) + Int64(blk), code, writer & row_ok)
         if cutlass.const_expr(self.colwise):
-            acc = [Uint32(0)] * nw
-            for i in cutlass.range_constexpr(STRIP):
-                for k in cutlass.range_constexpr(nw):
-                    acc[k] = absmax_bf16x2(acc[k], words[i][k])
-            has_data = valid > 0
+            warp = tidx // 32
+            lane = tidx % 32
+            col = cblk * TILE_COLS + lane * 4
+            col_ok = col < C
+            base = stage + warp * 32 * ROW_BYTES + lane * 8
+            acc = [Uint32(0), Uint32(0)]
+            for i in cutlass.range_constexpr(32):
+                w = ld_shared(base + i * ROW_BYTES, 2)
+                acc = [absmax_bf16x2(acc[0], w[0]), absmax_bf16x2(acc[1], w[1])]
+            blk_rows = cutlass.min(cutlass.max(rows - warp * 32, Int32(0)), Int32(32))
+            has_data = blk_rows > 0
             codes = []
             sbits = []
-            for j in cutlass.range_constexpr(2 * nw):
+            for j in cutlass.range_constexpr(4):
                 m = (acc[j // 2] >> 16) if j % 2 else (acc[j // 2] & Uint32(0xFFFF))
                 code, sb = e8m0_scale(m)
                 codes.append(Uint32(cutlass.select_(has_data, code, Uint32(SCALE_PAD_CODE))))
                 sbits.append(sb)
-            q_strip = q_col.toint() + elem0
-            if cutlass.const_expr(self.reload):
-                for i in cutlass.range_constexpr(STRIP):
-                    words[i] = ld_global_nc(x_strip + i * C * 2, (i < valid) & col_ok, nw, ".L1::evict_first")
-            for i in cutlass.range_constexpr(STRIP):
-                q = bf16_to_e4m3(words[i], sbits)
-                st_global(q_strip + i * C, q, (i < valid) & col_ok)
-            block = tile * 4 + warp  # placed 32-token block
-            s_base = s_col.toint()
+            q_base = q_col.toint() + Int64(row0 + warp * 32) * C + Int64(col)
+            for i in cutlass.range_constexpr(32):
+                w = ld_shared(base + i * ROW_BYTES, 2)
+                st_global(q_base + i * C, bf16_to_e4m3(w, sbits), (i < blk_rows) & col_ok)
+            block = tile * 4 + warp
             if cutlass.const_expr(self.swizzled):
-                # the lane's columns share col // 128 and (col % 128) // 32: only (r % 32) moves
-                s_lane = s_base + Int64(swizzle_offset(col, block, num_tiles))
-                for j in cutlass.range_constexpr(2 * nw):
+                s_lane = s_col.toint() + Int64(swizzle_offset(col, block, num_tiles))
+                for j in cutlass.range_constexpr(4):
                     st_global_u8(s_lane + j * 16, codes[j], col_ok)
             else:
-                packed = []
-                for w in cutlass.range_constexpr(nw // 2):
-                    c4 = codes[4 * w : 4 * w + 4]
-                    packed.append(c4[0] | (c4[1] << 8) | (c4[2] << 16) | (c4[3] << 24))
-                # dense plain scales have exactly ceil(T/32) block rows: skip empty strips
+                packed = codes[0] | (codes[1] << 8) | (codes[2] << 16) | (codes[3] << 24)
                 pred = col_ok if cutlass.const_expr(self.grouped) else (col_ok & has_data)
-                st_global(s_base + Int64(block) * C + Int64(col), packed, pred)
+                st_global(s_col.toint() + Int64(block) * C + Int64(col), [packed], pred)
+
+    @cute.kernel
+    def kernel(self, x: cute.Pointer, q_row: cute.Pointer, s_row: cute.Pointer, q_col: cute.Pointer, s_col: cute.Pointer,
+               offsets: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32):
+        tidx, _, _ = cute.arch.thread_idx()
+        bid, _, _ = cute.arch.block_idx()
+        nctas, _, _ = cute.arch.grid_dim()
+        lane = tidx % 32
+        smem = cutlass.memory.SmemAllocator()
+        buf = smem.allocate(STAGES * STAGE_BYTES, byte_alignment=128).toint()
+        n_items = num_tiles * self.n_cblk
+
+        item = bid
+        tile = item // self.n_cblk
+        cblk = item % self.n_cblk
+        row0 = Int32(0)
+        rows = Int32(0)
+        if item < n_items:
+            row0, rows = self.item_rows(offsets, tokens, num_experts, tile, lane)
+            self.issue(x, buf, row0, rows, cblk, tidx)
+        cute.arch.cp_async_commit_group()
+        s = Int32(0)
+        while item < n_items:
+            nxt = item + nctas
+            n_tile = nxt // self.n_cblk
+            n_cblk = nxt % self.n_cblk
+            n_row0 = Int32(0)
+            n_rows = Int32(0)
+            if nxt < n_items:
+                n_row0, n_rows = self.item_rows(offsets, tokens, num_experts, n_tile, lane)
+                self.issue(x, buf + (1 - s) * STAGE_BYTES, n_row0, n_rows, n_cblk, tidx)
+            cute.arch.cp_async_commit_group()
+            cute.arch.cp_async_wait_group(1)
+            cute.arch.sync_threads()
+            self.process(q_row, s_row, q_col, s_col, buf + s * STAGE_BYTES, tile, cblk, row0, rows, num_tiles, tidx)
+            cute.arch.sync_threads()
+            item = nxt
+            tile = n_tile
+            cblk = n_cblk
+            row0 = n_row0
+            rows = n_rows
+            s = 1 - s
 
 
 # --- host side --------------------------------------------------------------------------------
 
-def _placeholder_args(kernel_cfg=None):
+def _placeholder_args():
     import cutlass
 
     from .compile import gmem_ptr, stream_arg
 
+    # x, q_row, s_row, q_col, s_col, offsets, tokens, experts, tiles, ctas, stream
     return (
         gmem_ptr(cutlass.BFloat16),
         *(gmem_ptr(cutlass.Uint8) for _ in range(4)),
@@ -239,18 +232,31 @@ def _placeholder_args(kernel_cfg=None):
         Int32(1),
         Int32(1),
         Int32(1),
+        Int32(1),
         stream_arg(),
     )
 
 
-def compiled_quantize_kernel(cols, rowwise, colwise, grouped, swizzled, arch, keep_ptx=False, cols_per_lane=8, reload=False):
+def compiled_quantize_kernel(cols, rowwise, colwise, grouped, swizzled, arch, keep_ptx=False):
     from .compile import compile_kernel
 
-    cfg = (cols, rowwise, colwise, grouped, swizzled, cols_per_lane, reload)
+    cfg = (cols, rowwise, colwise, grouped, swizzled)
     return compile_kernel(("mxfp8_quantize",) + cfg, lambda: MXFP8QuantizeKernel(*cfg), _placeholder_args(), arch, keep_ptx)
 
 
-def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=False, _poison=None, cols_per_lane=8, reload=False):
+_SM_COUNT = {}
+
+
+def _sm_count(dev):
+    import torch
+
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=False, _poison=None):
     """Launch the quantize kernel on a CUDA bf16 ``[T, C]`` tensor (checked by the caller).
 
     ``offsets``: int32 CUDA tensor [E+1] (exclusive cumsum of split sizes) or None (dense).
@@ -277,12 +283,11 @@ def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=F
         s_row = alloc((tiles * TILE_TOKENS * cols // 32,) if swizzled else (tokens, cols // 32))
     if colwise:
         q_col = alloc((tokens, cols))
-        nblk = 4 * tiles if offsets is not None else -(-tokens // STRIP)
+        nblk = 4 * tiles if offsets is not None else -(-tokens // 32)
         s_col = alloc((cols * 4 * tiles,) if swizzled else (nblk, cols))
     if tiles > 0 and cols > 0:
-        kern = compiled_quantize_kernel(cols, rowwise, colwise, offsets is not None, swizzled, target_arch(dev), cols_per_lane=cols_per_lane, reload=reload)
         u8p = lambda t: gmem_ptr(cutlass.Uint8, t)  # noqa: E731
-        kern(
+        args = (
             gmem_ptr(cutlass.BFloat16, x),
             u8p(q_row),
             u8p(s_row),
@@ -292,8 +297,10 @@ def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=F
             Int32(tokens),
             Int32(num_experts),
             Int32(tiles),
-            stream_arg(torch.cuda.current_stream(dev)),
         )
+        kern = compiled_quantize_kernel(cols, rowwise, colwise, offsets is not None, swizzled, target_arch(dev))
+        items = tiles * -(-cols // TILE_COLS)
+        kern(*args, Int32(min(items, CTAS_PER_SM * _sm_count(dev))), stream_arg(torch.cuda.current_stream(dev)))
     if swizzled:
         if s_row is not None:
             s_row = s_row.view(tiles * TILE_TOKENS, cols // 32)

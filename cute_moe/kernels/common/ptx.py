@@ -1,8 +1,8 @@
 """Inline-PTX building blocks shared by the CuTe DSL kernels.
 
 Written as PTX so that the exact instruction is fixed: IEEE (non-ftz) fp32 multiplies, RN
-satfinite e4m3 conversion, predicated vector memory ops, and integer abs-max on bf16 bit
-patterns (NaN-propagating, which ``max.f32`` is not).
+satfinite e4m3 conversion, predicated vector memory ops, zero-filling cp.async, and integer
+abs-max on bf16 bit patterns (NaN-propagating, which ``max.f32`` is not).
 """
 
 from __future__ import annotations
@@ -35,29 +35,34 @@ def _unpack(res, n, loc=None, ip=None):
 
 
 @dsl_user_op
-def ld_global_nc(addr: Int64, pred, n: int, cache: str = ".L1::no_allocate", *, loc=None, ip=None):
-    """``n`` x 32-bit read-only load (n in 1, 2, 4); zeros where ``pred`` is false.
+def cp_async_16(dst_smem, src: Int64, src_bytes, *, loc=None, ip=None):
+    """16-byte global -> shared async copy; ``src_bytes`` < 16 zero-fills the rest (0: all zeros,
+    nothing read)."""
+    _asm(
+        None,
+        [Int32(dst_smem), Int64(src), Int32(src_bytes)],
+        "cp.async.cg.shared.global [$0], [$1], 16, $2;",
+        "r,l,r",
+        side_effects=True,
+        loc=loc,
+        ip=ip,
+    )
 
-    Marked volatile so the compiler keeps every load of a strip where it was issued (all in
-    flight before the first use) instead of sinking each to its use."""
+
+@dsl_user_op
+def ld_shared(addr, n: int, *, loc=None, ip=None):
+    """``n`` x 32-bit shared-memory load (n in 1, 2, 4)."""
     outs = ", ".join(f"${i}" for i in range(n))
     res = _asm(
         llvm.StructType.get_literal([T.i32()] * n),
-        [Int64(addr), Int32(pred)],
-        f"{{ .reg .pred p; setp.ne.b32 p, ${n + 1}, 0;\n"
-        + "".join(f"mov.b32 ${i}, 0; " for i in range(n))
-        + f"\n@p ld.global.nc{cache}{'' if n == 1 else f'.v{n}'}.u32 {outs if n == 1 else '{' + outs + '}'}, [${n}]; }}",
-        ",".join(["=r"] * n) + ",l,r",
+        [Int32(addr)],
+        f"ld.shared{'' if n == 1 else f'.v{n}'}.u32 {outs if n == 1 else '{' + outs + '}'}, [${n}];",
+        ",".join(["=r"] * n) + ",r",
         side_effects=True,
         loc=loc,
         ip=ip,
     )
     return _unpack(res, n, loc, ip)
-
-
-@dsl_user_op
-def ld_global_s32(addr: Int64, *, loc=None, ip=None) -> Int32:
-    return Int32(_asm(T.i32(), [Int64(addr)], "ld.global.s32 $0, [$1];", "=r,l", loc=loc, ip=ip))
 
 
 @dsl_user_op
