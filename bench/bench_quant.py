@@ -1,62 +1,77 @@
-"""MXFP8 quantize kernel bandwidth vs the measured HBM copy bandwidth.
+"""MXFP8 quantize kernel bandwidth vs the measured HBM copy bandwidth (same run).
 
-python bench/bench_quant.py [--json out.json]
-Bytes counted: bf16 read once + e4m3 (and scale) bytes written per output direction.
+    python bench/bench_quant.py [--json out.json] [--rounds 3]
+
+Bytes counted: bf16 read once + e4m3 data and E8M0 scale bytes written per direction. Each case
+is timed in CUDA-graph replays (GPU time; the ratio uses this) and eagerly (adds the Python launch
+cost per call), ``--rounds`` times interleaved with the other cases; the median round is reported.
 """
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
-from triton.testing import do_bench
+from triton.testing import do_bench, do_bench_cudagraph
 
-from cute_moe.quant.api import exclusive_offsets, quantize_mxfp8
 from cute_moe.kernels.quantize import quantize_mxfp8_cuda
+from cute_moe.quant.api import exclusive_offsets
+
+CASES = [
+    # name, tokens, cols, rowwise, colwise, experts (None: dense), swizzled
+    ("16384x7168 row", 16384, 7168, True, False, None, False),
+    ("16384x7168 col", 16384, 7168, False, True, None, False),
+    ("16384x7168 row+col", 16384, 7168, True, True, None, False),
+    ("16384x7168 row+col swz", 16384, 7168, True, True, None, True),
+    ("32768x2048 row+col grouped E=128 swz", 32768, 2048, True, True, 128, True),
+    ("32768x4096 row+col grouped E=8", 32768, 4096, True, True, 8, False),
+]
 
 
 def copy_bandwidth(n_bytes=2 << 30):
     a = torch.empty(n_bytes, dtype=torch.uint8, device="cuda")
     b = torch.empty_like(a)
-    ms = do_bench(lambda: b.copy_(a), warmup=25, rep=200)
+    ms = do_bench_cudagraph(lambda: b.copy_(a), rep=200)
     return 2 * n_bytes / ms / 1e6  # GB/s, read + write
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    bw = copy_bandwidth()
-    rows = []
-    cases = [
-        ("16384x7168 row", 16384, 7168, True, False, None, False),
-        ("16384x7168 col", 16384, 7168, False, True, None, False),
-        ("16384x7168 row+col", 16384, 7168, True, True, None, False),
-        ("16384x7168 row+col swz", 16384, 7168, True, True, None, True),
-        ("32768x2048 row+col grouped E=128 swz", 32768, 2048, True, True, 128, True),
-        ("32768x4096 row+col grouped E=8", 32768, 4096, True, True, 8, False),
-    ]
-    for name, t, c, r, col, e, swz in cases:
-        x = torch.randn(t, c, device="cuda").to(torch.bfloat16)
-        offsets = None
-        if e:
-            sizes = torch.full((e,), t // e, dtype=torch.int32, device="cuda")
-            offsets = exclusive_offsets(sizes)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    setups = []
+    for name, t, c, r, col, e, swz in CASES:
+        x = torch.randn(t, c, device="cuda", generator=gen).to(torch.bfloat16)
+        offsets = None if e is None else exclusive_offsets(torch.full((e,), t // e, dtype=torch.int32, device="cuda"))
         t0 = time.perf_counter()
         quantize_mxfp8_cuda(x, r, col, offsets, swz)
         torch.cuda.synchronize()
-        first = time.perf_counter() - t0
-        ms = do_bench(lambda: quantize_mxfp8_cuda(x, r, col, offsets, swz), warmup=25, rep=200)
+        first = time.perf_counter() - t0  # compile (or disk-cache load) + first launch
         nbytes = x.numel() * 2 + (r + col) * (x.numel() + x.numel() // 32)
-        gbs = nbytes / ms / 1e6
-        rows.append(dict(case=name, ms=ms, GBps=gbs, ratio=gbs / bw, first_call_s=first))
-    print(f"\nHBM copy bandwidth (read+write): {bw:.0f} GB/s   GPU: {torch.cuda.get_device_name()}")
-    print(f"{'case':48s} {'ms':>8s} {'GB/s':>8s} {'vs copy':>8s} {'1st call s':>10s}")
+        fn = (lambda x=x, r=r, col=col, o=offsets, s=swz: quantize_mxfp8_cuda(x, r, col, o, s))
+        setups.append(dict(case=name, fn=fn, bytes=nbytes, first_call_s=first, graph=[], eager=[]))
+    bws = []
+    for _ in range(args.rounds):
+        bws.append(copy_bandwidth())
+        for s in setups:
+            s["graph"].append(do_bench_cudagraph(s["fn"], rep=100))
+            s["eager"].append(do_bench(s["fn"], warmup=25, rep=100))
+    bw = statistics.median(bws)
+    rows = []
+    for s in setups:
+        g, e = statistics.median(s["graph"]), statistics.median(s["eager"])
+        gbs = s["bytes"] / g / 1e6
+        rows.append(dict(case=s["case"], ms=g, eager_ms=e, GBps=gbs, ratio=gbs / bw, first_call_s=s["first_call_s"], rounds_ms=s["graph"]))
+    print(f"\nGPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  HBM copy (read+write, median of {args.rounds}): {bw:.0f} GB/s")
+    print(f"{'case':40s} {'ms':>8s} {'eager ms':>9s} {'GB/s':>7s} {'vs copy':>8s} {'1st call s':>10s}")
     for r_ in rows:
-        print(f"{r_['case']:48s} {r_['ms']:8.4f} {r_['GBps']:8.0f} {r_['ratio']:8.2f} {r_['first_call_s']:10.2f}")
+        print(f"{r_['case']:40s} {r_['ms']:8.4f} {r_['eager_ms']:9.4f} {r_['GBps']:7.0f} {r_['ratio']:8.2f} {r_['first_call_s']:10.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(gpu=torch.cuda.get_device_name(), copy_GBps=bw, rows=rows), f, indent=1)
+            json.dump(dict(gpu=torch.cuda.get_device_name(), copy_GBps=bw, copy_rounds=bws, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":
