@@ -3,8 +3,10 @@
     python bench/bench_quant.py [--json out.json] [--rounds 3]
 
 Bytes counted: bf16 read once + e4m3 data and E8M0 scale bytes written per direction. Each case
-is timed in CUDA-graph replays (GPU time; the ratio uses this) and eagerly (adds the Python launch
-cost per call), ``--rounds`` times interleaved with the other cases; the median round is reported.
+is timed eagerly (``do_bench``: what a caller gets, Python launch cost included; the ratio uses
+this, like the copy) and in CUDA-graph replays (GPU time alone), ``--rounds`` times interleaved
+with the other cases and the copy; medians are reported. The copy is timed eagerly: captured in a
+graph, torch's device-to-device copy becomes a copy-engine memcpy node (~2.4 TB/s on an H100).
 """
 
 import argparse
@@ -32,7 +34,7 @@ CASES = [
 def copy_bandwidth(n_bytes=2 << 30):
     a = torch.empty(n_bytes, dtype=torch.uint8, device="cuda")
     b = torch.empty_like(a)
-    ms = do_bench_cudagraph(lambda: b.copy_(a), rep=200)
+    ms = do_bench(lambda: b.copy_(a), warmup=25, rep=200)
     return 2 * n_bytes / ms / 1e6  # GB/s, read + write
 
 
@@ -63,12 +65,12 @@ def main():
     rows = []
     for s in setups:
         g, e = statistics.median(s["graph"]), statistics.median(s["eager"])
-        gbs = s["bytes"] / g / 1e6
-        rows.append(dict(case=s["case"], ms=g, eager_ms=e, GBps=gbs, ratio=gbs / bw, first_call_s=s["first_call_s"], rounds_ms=s["graph"]))
+        gbs = s["bytes"] / e / 1e6
+        rows.append(dict(case=s["case"], ms=e, graph_ms=g, GBps=gbs, ratio=gbs / bw, first_call_s=s["first_call_s"], rounds_ms=s["eager"]))
     print(f"\nGPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  HBM copy (read+write, median of {args.rounds}): {bw:.0f} GB/s")
-    print(f"{'case':40s} {'ms':>8s} {'eager ms':>9s} {'GB/s':>7s} {'vs copy':>8s} {'1st call s':>10s}")
+    print(f"{'case':40s} {'ms':>8s} {'graph ms':>9s} {'GB/s':>7s} {'vs copy':>8s} {'1st call s':>10s}")
     for r_ in rows:
-        print(f"{r_['case']:40s} {r_['ms']:8.4f} {r_['eager_ms']:9.4f} {r_['GBps']:7.0f} {r_['ratio']:8.2f} {r_['first_call_s']:10.2f}")
+        print(f"{r_['case']:40s} {r_['ms']:8.4f} {r_['graph_ms']:9.4f} {r_['GBps']:7.0f} {r_['ratio']:8.2f} {r_['first_call_s']:10.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(gpu=torch.cuda.get_device_name(), copy_GBps=bw, copy_rounds=bws, rows=rows), f, indent=1)
