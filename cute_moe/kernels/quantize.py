@@ -118,6 +118,20 @@ class MXFP8QuantizeKernel:
             cp_async_16(stage + r * ROW_BYTES + ch * 16, Int64(src), Int32(cutlass.select_(ok, Int32(16), Int32(0))))
 
     @cute.jit
+    def prefetch(self, x, offsets, tokens, num_experts, item, n_items, stage, lane, tidx):
+        """Look up work item ``item`` and start its loads into ``stage``. Commits one cp.async group
+        per call, empty past the last item, so ``wait_group(1)`` always means "the older one"."""
+        tile = item // self.n_cblk
+        cblk = item % self.n_cblk
+        row0 = Int32(0)
+        rows = Int32(0)
+        if item < n_items:
+            row0, rows = self.item_rows(offsets, tokens, num_experts, tile, lane)
+            self.issue(x, stage, row0, rows, cblk, tidx)
+        cute.arch.cp_async_commit_group()
+        return tile, cblk, row0, rows
+
+    @cute.jit
     def process(self, q_row, s_row, q_col, s_col, stage, tile, cblk, row0, rows, num_tiles, tidx):
         C = self.cols
         if cutlass.const_expr(self.rowwise):
@@ -185,26 +199,15 @@ class MXFP8QuantizeKernel:
         buf = smem.allocate(STAGES * STAGE_BYTES, byte_alignment=128).toint()
         n_items = num_tiles * self.n_cblk
 
+        # double buffer: item n+1's loads are in flight while item n converts
         item = bid
-        tile = item // self.n_cblk
-        cblk = item % self.n_cblk
-        row0 = Int32(0)
-        rows = Int32(0)
-        if item < n_items:
-            row0, rows = self.item_rows(offsets, tokens, num_experts, tile, lane)
-            self.issue(x, buf, row0, rows, cblk, tidx)
-        cute.arch.cp_async_commit_group()
+        tile, cblk, row0, rows = self.prefetch(x, offsets, tokens, num_experts, item, n_items, buf, lane, tidx)
         s = Int32(0)
         while item < n_items:
             nxt = item + nctas
-            n_tile = nxt // self.n_cblk
-            n_cblk = nxt % self.n_cblk
-            n_row0 = Int32(0)
-            n_rows = Int32(0)
-            if nxt < n_items:
-                n_row0, n_rows = self.item_rows(offsets, tokens, num_experts, n_tile, lane)
-                self.issue(x, buf + (1 - s) * STAGE_BYTES, n_row0, n_rows, n_cblk, tidx)
-            cute.arch.cp_async_commit_group()
+            n_tile, n_cblk, n_row0, n_rows = self.prefetch(
+                x, offsets, tokens, num_experts, nxt, n_items, buf + (1 - s) * STAGE_BYTES, lane, tidx
+            )
             cute.arch.cp_async_wait_group(1)
             cute.arch.sync_threads()
             self.process(q_row, s_row, q_col, s_col, buf + s * STAGE_BYTES, tile, cblk, row0, rows, num_tiles, tidx)
