@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import cutlass
 import cutlass.cute as cute
+import torch
 from cutlass import Int32, Int64, Uint32
 
+from ..quant.layout import grouped_tiles
 from .common.ptx import (
     SCALE_PAD_CODE,
     absmax_bf16x2,
@@ -40,6 +42,7 @@ from .common.ptx import (
     swizzle_offset,
     umax,
 )
+from .compile import compile_kernel, gmem_ptr, stream_arg, target_arch
 
 TILE_TOKENS = 128
 TILE_COLS = 128
@@ -223,10 +226,6 @@ class MXFP8QuantizeKernel:
 # --- host side --------------------------------------------------------------------------------
 
 def _placeholder_args():
-    import cutlass
-
-    from .compile import gmem_ptr, stream_arg
-
     # x, q_row, s_row, q_col, s_col, offsets, tokens, experts, tiles, ctas, stream
     return (
         gmem_ptr(cutlass.BFloat16),
@@ -241,22 +240,23 @@ def _placeholder_args():
 
 
 def compiled_quantize_kernel(cols, rowwise, colwise, grouped, swizzled, arch, keep_ptx=False):
-    from .compile import compile_kernel
-
     cfg = (cols, rowwise, colwise, grouped, swizzled)
     return compile_kernel(("mxfp8_quantize",) + cfg, lambda: MXFP8QuantizeKernel(*cfg), _placeholder_args(), arch, keep_ptx)
 
 
-_SM_COUNT = {}
+_launchers: dict = {}
 
 
-def _sm_count(dev):
-    import torch
-
-    idx = dev.index if dev.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
+def _launcher(cols, rowwise, colwise, grouped, swizzled, dev):
+    """(compiled kernel, resident CTA limit) per config and device: the per-call host path is a
+    dict lookup, not an arch query."""
+    key = (cols, rowwise, colwise, grouped, swizzled, dev.index)
+    hit = _launchers.get(key)
+    if hit is None:
+        props = torch.cuda.get_device_properties(dev)
+        kern = compiled_quantize_kernel(cols, rowwise, colwise, grouped, swizzled, target_arch(dev))
+        hit = _launchers[key] = (kern, CTAS_PER_SM * props.multi_processor_count)
+    return hit
 
 
 def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=False, _poison=None):
@@ -265,12 +265,6 @@ def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=F
     ``offsets``: int32 CUDA tensor [E+1] (exclusive cumsum of split sizes) or None (dense).
     Returns (q_row, s_row, q_col, s_col) with unused outputs None; scales are plain or swizzled.
     """
-    import torch
-    import cutlass
-
-    from ..quant.layout import grouped_tiles
-    from .compile import gmem_ptr, stream_arg, target_arch
-
     tokens, cols = x.shape
     num_experts = 1 if offsets is None else offsets.numel() - 1
     tiles = grouped_tiles(tokens, num_experts) if offsets is not None else -(-tokens // TILE_TOKENS)
@@ -280,34 +274,30 @@ def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=F
         out = torch.empty(shape, dtype=torch.uint8, device=dev)
         # tests poison the outputs so that a byte the kernel does not write shows up
         return out if _poison is None else out.fill_(_poison)
+
     q_row = s_row = q_col = s_col = None
     if rowwise:
         q_row = alloc((tokens, cols))
-        s_row = alloc((tiles * TILE_TOKENS * cols // 32,) if swizzled else (tokens, cols // 32))
+        s_row = alloc((tiles * TILE_TOKENS, cols // 32) if swizzled else (tokens, cols // 32))
     if colwise:
         q_col = alloc((tokens, cols))
         nblk = 4 * tiles if offsets is not None else -(-tokens // 32)
-        s_col = alloc((cols * 4 * tiles,) if swizzled else (nblk, cols))
+        s_col = alloc((cols, 4 * tiles) if swizzled else (nblk, cols))
     if tiles > 0 and cols > 0:
-        u8p = lambda t: gmem_ptr(cutlass.Uint8, t)  # noqa: E731
-        args = (
+        kern, max_ctas = _launcher(cols, rowwise, colwise, offsets is not None, swizzled, dev)
+        u8 = cutlass.Uint8
+        kern(
             gmem_ptr(cutlass.BFloat16, x),
-            u8p(q_row),
-            u8p(s_row),
-            u8p(q_col),
-            u8p(s_col),
+            gmem_ptr(u8, q_row),
+            gmem_ptr(u8, s_row),
+            gmem_ptr(u8, q_col),
+            gmem_ptr(u8, s_col),
             gmem_ptr(cutlass.Int32, offsets),
             Int32(tokens),
             Int32(num_experts),
             Int32(tiles),
+            Int32(min(tiles * -(-cols // TILE_COLS), max_ctas)),
+            stream_arg(torch.cuda.current_stream(dev)),
         )
-        kern = compiled_quantize_kernel(cols, rowwise, colwise, offsets is not None, swizzled, target_arch(dev))
-        items = tiles * -(-cols // TILE_COLS)
-        kern(*args, Int32(min(items, CTAS_PER_SM * _sm_count(dev))), stream_arg(torch.cuda.current_stream(dev)))
-    if swizzled:
-        if s_row is not None:
-            s_row = s_row.view(tiles * TILE_TOKENS, cols // 32)
-        if s_col is not None:
-            s_col = s_col.view(cols, 4 * tiles)
     f8 = lambda t: None if t is None else t.view(torch.float8_e4m3fn)  # noqa: E731
     return f8(q_row), s_row, f8(q_col), s_col
