@@ -35,6 +35,14 @@ def test_grouped_mlp_bad_inputs(mutate, match):
         grouped_mlp(*mutate(_mlp_args()))
 
 
+def test_device_mismatch():
+    x, w1, w2, s = _mlp_args()
+    with pytest.raises(ValueError, match="w1 must be on cpu like x"):
+        grouped_mlp(x, w1.to("meta"), w2, s)
+    with pytest.raises(ValueError, match="probs must be on cpu like x"):
+        grouped_mlp(x, w1, w2, s, probs=torch.rand(40, device="meta"))
+
+
 def test_bad_probs_and_linear():
     x, w1, w2, s = _mlp_args()
     with pytest.raises(ValueError, match="probs must be"):
