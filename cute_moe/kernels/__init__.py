@@ -47,6 +47,20 @@ def _quantize_configs():
     return out
 
 
+def _sm90_grouped_gemm_configs():
+    from .sm90.grouped_gemm import compiled_grouped_gemm_kernel
+
+    return [
+        KernelConfig(
+            name=f"grouped_gemm_sm90-{n}-{k}",
+            compile=lambda arch, n=n, k=k: compiled_grouped_gemm_kernel(n, k, arch, keep_ptx=True),
+            archs=("sm_90a",),  # WGMMA is Hopper-only
+            ptx_must_contain=("wgmma.mma_async.sync.aligned", ".f32.bf16.bf16", "cp.async.bulk.tensor", "mbarrier"),
+        )
+        for n, k in [(256, 512), (7168, 2048), (2048, 768)]
+    ]
+
+
 def registry() -> list:
     """All kernel configurations CI compiles (built lazily: importing the DSL is slow)."""
-    return _quantize_configs()
+    return _quantize_configs() + _sm90_grouped_gemm_configs()

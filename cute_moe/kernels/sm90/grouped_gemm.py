@@ -1,0 +1,295 @@
+"""CuTe DSL grouped GEMM for Hopper: ``y[t] = a[t] @ b[e(t)].T`` for tokens sorted by expert.
+
+bf16 x bf16 -> bf16 with fp32 accumulation; a: [T, K], b: [E, N, K], y: [T, N], all K / N
+contiguous. One kernel per (N, K); T, E and the split sizes (``offsets``, E+1 int32 on the device)
+are runtime values, so routing changes never recompile.
+
+How the work is laid out, and why:
+- A CTA owns one *placed* 128-row M tile (REFERENCE §2 grouped placement: expert e's tiles start
+  at ``offsets[e] // 128 + e``) by 128 columns of N. Placed tiles of different experts never
+  overlap, so the grid (N / 128, ceil(T/128) + E - 1) is known on the host without reading
+  ``offsets``. Gap tiles and empty experts exit before touching ``b`` or issuing any MMA.
+- The tile -> expert lookup is the quantize kernel's 2-level 32-ary ballot search (E <= 1024);
+  every warp runs it itself, which costs two dependent load rounds and no shared memory.
+- Mainloop: TMA loads 128x64 tiles of a (rows from ``offsets[e] + 128 * local``, not tile
+  aligned: the TMA box starts at any row) and of b[e] into a ``PipelineTmaAsync`` ring; two
+  warpgroups each run 64x128x16 WGMMAs over 64 rows of the tile, keeping one k-tile in flight.
+  Rows of a past the expert's end are loaded (the next expert's tokens, or zeros past T from
+  TMA's out-of-bounds fill) and multiplied, but never stored.
+- Epilogue: accumulators -> bf16 -> shared memory (stmatrix, reusing the A ring), then 16-byte
+  stores of whole row segments, predicated on the row being one of this expert's. A TMA store
+  could not be used as is: it would overwrite the next expert's rows.
+"""
+
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils as utils
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass import BFloat16, Float32, Int32, Int64
+
+from ..common.ptx import ld_global_s32_pred
+
+TILE_M = 128  # the grouped placement's tile: one CTA, two warpgroups of 64 rows
+TILE_N = 128
+TILE_K = 64  # one 128-byte swizzle atom of bf16 along K
+WARPGROUPS = 2
+THREADS = 128 * WARPGROUPS
+# 3 stages x 32 KB keeps two CTAs per SM, so one CTA's epilogue overlaps another's mainloop
+STAGES = 3
+MAX_EXPERTS = 1024  # two ballot levels of 32
+
+
+class GroupedGemmSm90Kernel:
+    """y[t, :] = a[t, :] @ b[e(t)].T (see module docstring); compiled per (N, K, stages)."""
+
+    threads = THREADS
+
+    def __init__(self, n: int, k: int, stages: int = STAGES):
+        if k <= 0 or k % TILE_K:
+            raise ValueError(f"K must be a positive multiple of {TILE_K}, got {k}")
+        if n <= 0 or n % TILE_N:
+            raise ValueError(f"N must be a positive multiple of {TILE_N}, got {n}")
+        if stages < 2:
+            raise ValueError(f"stages must be >= 2 (the epilogue reuses the A ring), got {stages}")
+        self.n, self.k, self.stages = n, k, stages
+        self.k_tiles = k // TILE_K
+        self.tile_mnk = (TILE_M, TILE_N, TILE_K)
+
+    @cute.jit
+    def __call__(self, a: cute.Pointer, b: cute.Pointer, y: cute.Pointer, offsets: cute.Pointer,
+                 tokens: Int32, num_experts: Int32, num_tiles: Int32, stream):
+        N, K = self.n, self.k
+        # 128-byte-swizzled K-major stages for a and b (b as [N, K]); y staged row-major
+        row = cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
+        self.a_smem = sm90_utils.make_smem_layout_a(row, self.tile_mnk, BFloat16, self.stages)
+        self.b_smem = sm90_utils.make_smem_layout_b(row, self.tile_mnk, BFloat16, self.stages)
+        self.y_smem = sm90_utils.make_smem_layout_epi(BFloat16, row, (TILE_M, TILE_N), 1)
+        # WGMMA atoms: 2 warpgroups along M, each 64 x TILE_N, operands K-major from shared memory
+        self.tiled_mma = sm90_utils.make_trivial_tiled_mma(
+            BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
+            Float32, (WARPGROUPS, 1, 1), tiler_mn=(64, TILE_N))
+
+        # TMA descriptors: a over [T, K] (T dynamic; rows >= T read as zeros), b over (N, K, E)
+        mA = cute.make_tensor(a, cute.make_layout((tokens, K), stride=(K, 1)))
+        mB = cute.make_tensor(b, cute.make_layout((N, K, num_experts), stride=(K, 1, N * K)))
+        g2s = cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp()
+        tma_a, tma_mA = cute.nvgpu.cpasync.make_tiled_tma_atom(
+            g2s, mA, cute.slice_(self.a_smem, (None, None, 0)), (TILE_M, TILE_K))
+        tma_b, tma_mB = cute.nvgpu.cpasync.make_tiled_tma_atom(
+            g2s, mB, cute.slice_(self.b_smem, (None, None, 0)), (TILE_N, TILE_K))
+
+        @cute.struct
+        class SharedStorage:
+            bars: cute.struct.MemRange[cutlass.Int64, self.stages * 2]  # full + empty mbarriers
+            sA: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(self.a_smem)], 1024]
+            sB: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(self.b_smem)], 1024]
+
+        self.shared_storage = SharedStorage
+        # layouts travel as kernel arguments (host-side IR values cannot be captured by the kernel)
+        self.kernel(tma_a, tma_mA, tma_b, tma_mB, y, offsets, num_experts, self.tiled_mma, self.a_smem, self.b_smem,
+                    self.y_smem).launch(
+            grid=[N // TILE_N, num_tiles, 1], block=[THREADS, 1, 1], stream=stream)
+
+    @cute.jit
+    def find_expert(self, offsets: cute.Pointer, num_experts: Int32, tile: Int32, lane: Int32):
+        """(e, offsets[e], offsets[e+1]) for the largest e with ``offsets[e] // 128 + e <= tile``
+        (tile starts strictly increase with e); warp-uniform results."""
+        base = offsets.toint()
+        e = lane * 32
+        ok = e < num_experts
+        start = ld_global_s32_pred(base + Int64(e) * 4, ok, 0) // TILE_M + e
+        lo = (Int32(cute.arch.popc(cute.arch.vote_ballot_sync(ok & (start <= tile)))) - 1) * 32
+        e = lo + lane
+        ok = e < num_experts
+        off_e = ld_global_s32_pred(base + Int64(e) * 4, ok, 0)
+        off_next = ld_global_s32_pred(base + Int64(e) * 4 + 4, ok, 0)
+        src = Int32(cute.arch.popc(cute.arch.vote_ballot_sync(ok & (off_e // TILE_M + e <= tile)))) - 1
+        return lo + src, cute.arch.shuffle_sync(off_e, src), cute.arch.shuffle_sync(off_next, src)
+
+    @cute.kernel
+    def kernel(self, tma_a: cute.CopyAtom, tma_mA: cute.Tensor, tma_b: cute.CopyAtom, tma_mB: cute.Tensor,
+               y: cute.Pointer, offsets: cute.Pointer, num_experts: Int32, tiled_mma: cute.TiledMma,
+               a_smem: cute.ComposedLayout, b_smem: cute.ComposedLayout, y_smem: cute.ComposedLayout):
+        tidx, _, _ = cute.arch.thread_idx()
+        n_tile, tile, _ = cute.arch.block_idx()
+        warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        lane = tidx % 32
+
+        # ---- which expert and rows this placed tile holds
+        e, tok0, tok1 = self.find_expert(offsets, num_experts, tile, lane)
+        row0 = tok0 + (tile - (tok0 // TILE_M + e)) * TILE_M
+        rows = cutlass.min(tok1 - row0, Int32(TILE_M))  # <= 0: gap tile or empty expert
+
+        smem = cutlass.memory.SmemAllocator()
+        storage = smem.allocate(self.shared_storage)
+        if rows > 0:
+            if warp == 0:
+                cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
+                cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
+            sA = storage.sA.get_tensor(a_smem.outer, swizzle=a_smem.inner)
+            sB = storage.sB.get_tensor(b_smem.outer, swizzle=b_smem.inner)
+
+            # ---- TMA: this tile's (128 x 64) k-slices of a (from row0) and b[e] (from n_tile)
+            gA = cute.local_tile(cute.domain_offset((row0, 0), tma_mA), (TILE_M, TILE_K), (0, None))
+            gB = cute.local_tile(tma_mB[None, None, e], (TILE_N, TILE_K), (n_tile, None))
+            tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(
+                tma_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2))
+            tBsB, tBgB = cute.nvgpu.cpasync.tma_partition(
+                tma_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2))
+
+            # ---- pipeline: full barriers count TMA bytes, empty barriers one arrive per consumer warp
+            tx_bytes = cute.size_in_bytes(BFloat16, cute.slice_(a_smem, (None, None, 0))) + cute.size_in_bytes(
+                BFloat16, cute.slice_(b_smem, (None, None, 0)))
+            ab_pipe = pipeline.PipelineTmaAsync.create(
+                barrier_storage=storage.bars.data_ptr(),
+                num_stages=self.stages,
+                producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
+                consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, THREADS // 32),
+                tx_count=tx_bytes,
+                cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)),
+            )
+            k_tiles = self.k_tiles
+            prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
+
+            # ---- MMA partitions: warpgroup g owns rows 64g .. 64g+63 of the tile
+            wg = cute.arch.make_warp_uniform(tidx // 128)
+            thr_mma = tiled_mma.get_slice(wg * 128)
+            tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
+            tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
+            acc = cute.make_rmem_tensor(thr_mma.partition_C(cute.make_identity_tensor((TILE_M, TILE_N))).shape, Float32)
+            k_blocks = cute.size(tCrA, mode=[2])
+
+            # prologue: fill the ring
+            if warp == 0:
+                for _ in cutlass.range(min(self.stages, k_tiles), unroll=1):
+                    self.load_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                    prod.advance()
+
+            read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+            release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+            # zeroed accumulators + ACCUMULATE always on: no first-k-block special case in the loop
+            acc.fill(0.0)
+            tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+            for kt in cutlass.range(k_tiles, unroll=1):
+                ab_pipe.consumer_wait(read)
+                cute.nvgpu.warpgroup.fence()
+                for kb in cutlass.range(k_blocks, unroll_full=True):
+                    coord = (None, None, kb, read.index)
+                    cute.gemm(tiled_mma, acc, tCrA[coord], tCrB[coord], acc)
+                cute.nvgpu.warpgroup.commit_group()
+                # one k-tile of WGMMAs stays in flight; the one before it has finished reading
+                # its stage, which goes back to the producer. Warp 0 refills that same stage only
+                # after its own release (it waits for all 8 warps' releases): acquiring before any
+                # release, in iteration 0, would deadlock warp 0 against its own arrive.
+                cute.nvgpu.warpgroup.wait_group(1)
+                if kt > 0:
+                    ab_pipe.consumer_release(release)
+                    release.advance()
+                    if warp == 0 and prod.count < k_tiles:
+                        self.load_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                        prod.advance()
+                read.advance()
+            cute.nvgpu.warpgroup.wait_group(0)
+
+            # ---- epilogue: every warpgroup is past its last WGMMA and every TMA write has
+            # landed (all were waited on), so the A ring can hold the bf16 tile
+            cute.arch.sync_threads()
+            sY_layout = cute.slice_(y_smem, (None, None, 0))
+            sY = cute.make_tensor(cute.recast_ptr(sA.iterator, sY_layout.inner, dtype=BFloat16), sY_layout.outer)
+            st_atom = sm90_utils.get_smem_store_op(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR, BFloat16, Float32)  # stmatrix x4
+            r2s = cute.make_tiled_copy_S(st_atom, cute.make_tiled_copy_C_atom(st_atom, tiled_mma))
+            thr_r2s = r2s.get_slice(tidx)
+            tRS_acc = r2s.retile(acc)
+            # convert in the accumulator's order, then view the same registers in the copy's
+            # (V, M, N) shape: both are compact, and stmatrix's 8 values per thread are the next
+            # 8 accumulators (2 columns x 2 rows x 2 n-blocks), so linear order carries over
+            y_regs = cute.make_rmem_tensor_like(tRS_acc, BFloat16)
+            y_regs.store(tRS_acc.load().to(BFloat16))
+            tRS_y = cute.make_tensor(y_regs.iterator, cute.make_layout(thr_r2s.partition_S(sY).shape))
+            cute.copy(r2s, tRS_y, thr_r2s.partition_D(sY))
+            cute.arch.sync_threads()
+
+            # 16 threads x 8 bf16 cover a 128-column row segment; 16 rows per pass
+            s2g_atom = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), BFloat16, num_bits_per_copy=128)
+            s2g = cute.make_tiled_copy_tv(s2g_atom, cute.make_layout((THREADS // 16, 16), stride=(16, 1)),
+                                          cute.make_layout((1, 8)))
+            thr_s2g = s2g.get_slice(tidx)
+            # 64-bit base of this tile (T * N can exceed 2^31); offsets inside it fit in 32 bits
+            y_tile = cute.make_ptr(BFloat16, y.toint() + (Int64(row0) * self.n + n_tile * TILE_N) * 2,
+                                   cute.AddressSpace.gmem, assumed_align=16)
+            gY = cute.make_tensor(y_tile, cute.make_layout((TILE_M, TILE_N), stride=(self.n, 1)))
+            tSsY = thr_s2g.partition_S(sY)
+            tSgY = thr_s2g.partition_D(gY)
+            tScY = thr_s2g.partition_D(cute.make_identity_tensor((TILE_M, TILE_N)))
+            for i in cutlass.range_constexpr(cute.size(tSgY, mode=[1])):
+                if tScY[(0, i, 0)][0] < rows:
+                    cute.copy(s2g_atom, tSsY[(None, i, None)], tSgY[(None, i, None)])
+
+    @cute.jit
+    def load_stage(self, ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB):
+        """Producer (warp 0; the atoms elect one thread): wait for a free stage, arm its full
+        barrier with the byte count, issue both TMA loads of k-tile ``prod.count``."""
+        ab_pipe.producer_acquire(prod)
+        bar = ab_pipe.producer_get_barrier(prod)
+        cute.copy(tma_a, tAgA[(None, prod.count)], tAsA[(None, prod.index)], tma_bar_ptr=bar)
+        cute.copy(tma_b, tBgB[(None, prod.count)], tBsB[(None, prod.index)], tma_bar_ptr=bar)
+        ab_pipe.producer_commit(prod)
+
+
+# --- host side --------------------------------------------------------------------------------
+
+def _placeholder_args():
+    from ..compile import gmem_ptr, stream_arg
+
+    # a, b, y, offsets, tokens, experts, tiles, stream
+    return (gmem_ptr(BFloat16), gmem_ptr(BFloat16), gmem_ptr(BFloat16), gmem_ptr(Int32),
+            Int32(1), Int32(1), Int32(1), stream_arg())
+
+
+def compiled_grouped_gemm_kernel(n, k, arch, keep_ptx=False):
+    from ..compile import compile_kernel
+
+    return compile_kernel(("grouped_gemm_sm90", n, k, STAGES), lambda: GroupedGemmSm90Kernel(n, k), _placeholder_args(),
+                          arch, keep_ptx)
+
+
+def grouped_gemm_sm90(a, b, offsets, _poison=None):
+    """``y[t] = a[t] @ b[e].T`` for ``offsets[e] <= t < offsets[e+1]``; returns a new bf16 [T, N].
+
+    a: bf16 [T, K] contiguous; b: bf16 [E, N, K] contiguous; offsets: int32 [E+1] on the same
+    device (exclusive cumsum of split sizes, ``offsets[E] == T``; not read on the host).
+    ``_poison``: tests fill y with it first, so that a row the kernel does not write shows up.
+    """
+    import torch
+
+    from ...quant.layout import grouped_tiles
+    from ..compile import gmem_ptr, stream_arg, target_arch
+
+    if a.dtype != torch.bfloat16 or b.dtype != torch.bfloat16:
+        raise TypeError(f"a and b must be bf16, got {a.dtype} and {b.dtype}")
+    if offsets.dtype != torch.int32:
+        raise TypeError(f"offsets must be int32, got {offsets.dtype}")
+    if a.dim() != 2 or b.dim() != 3 or b.shape[2] != a.shape[1] or offsets.shape != (b.shape[0] + 1,):
+        raise ValueError(f"shapes a {tuple(a.shape)}, b {tuple(b.shape)}, offsets {tuple(offsets.shape)} do not match")
+    if not (a.is_contiguous() and b.is_contiguous() and offsets.is_contiguous()):
+        raise ValueError("a, b and offsets must be contiguous")
+    tokens, k = a.shape
+    num_experts, n, _ = b.shape
+    if num_experts > MAX_EXPERTS:
+        raise ValueError(f"at most {MAX_EXPERTS} experts, got {num_experts}")
+    y = torch.empty(tokens, n, dtype=torch.bfloat16, device=a.device)
+    if _poison is not None:
+        y.fill_(_poison)
+    tiles = grouped_tiles(tokens, num_experts)
+    # T == 0: nothing to compute (and a TMA descriptor cannot describe an empty tensor)
+    if tokens == 0 or tiles <= 0:
+        return y
+    if tiles > 65535:  # placed tiles run along grid y
+        raise ValueError(f"{tokens} tokens over {num_experts} experts need {tiles} M tiles, more than 65535")
+    kern = compiled_grouped_gemm_kernel(n, k, target_arch(a.device))
+    kern(gmem_ptr(BFloat16, a), gmem_ptr(BFloat16, b), gmem_ptr(BFloat16, y), gmem_ptr(Int32, offsets),
+         Int32(tokens), Int32(num_experts), Int32(tiles), stream_arg(torch.cuda.current_stream(a.device)))
+    return y
