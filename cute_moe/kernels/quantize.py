@@ -35,22 +35,20 @@ from .common.ptx import (
     cp_async_16,
     e8m0_scale,
     halves_max,
-    ld_global_s32_pred,
     ld_shared,
     st_global,
     st_global_u8,
     swizzle_offset,
     umax,
 )
+from .common.placement import MAX_EXPERTS, TILE_TOKENS, find_expert
 from .compile import compile_kernel, gmem_ptr, stream_arg, target_arch
 
-TILE_TOKENS = 128
 TILE_COLS = 128
 ROW_BYTES = TILE_COLS * 2 + 16  # +16: column reads of the colwise pass hit distinct banks
 STAGE_BYTES = TILE_TOKENS * ROW_BYTES
 STAGES = 2
 CTAS_PER_SM = 3  # 2 stages x 34 KB of shared memory each
-MAX_EXPERTS = 1024  # two ballot levels of 32
 
 
 class MXFP8QuantizeKernel:
@@ -81,29 +79,13 @@ class MXFP8QuantizeKernel:
             grid=[num_ctas, 1, 1], block=[self.threads, 1, 1], stream=stream)
 
     @cute.jit
-    def find_expert(self, offsets: cute.Pointer, num_experts: Int32, tile: Int32, lane: Int32):
-        """(e, offsets[e], offsets[e+1]) for the largest e with ``offsets[e] // 128 + e <= tile``
-        (tile starts strictly increase with e)."""
-        base = offsets.toint()
-        e = lane * 32
-        ok = e < num_experts
-        start = ld_global_s32_pred(base + Int64(e) * 4, ok, 0) // TILE_TOKENS + e
-        lo = (Int32(cute.arch.popc(cute.arch.vote_ballot_sync(ok & (start <= tile)))) - 1) * 32
-        e = lo + lane
-        ok = e < num_experts
-        off_e = ld_global_s32_pred(base + Int64(e) * 4, ok, 0)
-        off_next = ld_global_s32_pred(base + Int64(e) * 4 + 4, ok, 0)
-        src = Int32(cute.arch.popc(cute.arch.vote_ballot_sync(ok & (off_e // TILE_TOKENS + e <= tile)))) - 1
-        return lo + src, cute.arch.shuffle_sync(off_e, src), cute.arch.shuffle_sync(off_next, src)
-
-    @cute.jit
     def item_rows(self, offsets, tokens, num_experts, tile, lane):
         """(first token, valid rows) of placed tile ``tile``."""
         tok0 = Int32(0)
         tok1 = tokens
         tile0 = Int32(0)
         if cutlass.const_expr(self.grouped):
-            e, tok0, tok1 = self.find_expert(offsets, num_experts, tile, lane)
+            e, tok0, tok1 = find_expert(offsets, num_experts, tile, lane)
             tile0 = tok0 // TILE_TOKENS + e
         local = (tile - tile0) * TILE_TOKENS
         rows = cutlass.min(cutlass.max(tok1 - tok0 - local, Int32(0)), Int32(TILE_TOKENS))

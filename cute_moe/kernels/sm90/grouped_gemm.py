@@ -30,16 +30,15 @@ import cutlass.utils as utils
 import cutlass.utils.hopper_helpers as sm90_utils
 from cutlass import BFloat16, Float32, Int32, Int64
 
-from ..common.ptx import ld_global_s32_pred
+from ..common.placement import MAX_EXPERTS, TILE_TOKENS, find_expert
 
-TILE_M = 128  # the grouped placement's tile: one CTA, two warpgroups of 64 rows
+TILE_M = TILE_TOKENS  # the grouped placement's tile: one CTA, two warpgroups of 64 rows
 TILE_N = 128
 TILE_K = 64  # one 128-byte swizzle atom of bf16 along K
 WARPGROUPS = 2
 THREADS = 128 * WARPGROUPS
 # 3 stages x 32 KB keeps two CTAs per SM, so one CTA's epilogue overlaps another's mainloop
 STAGES = 3
-MAX_EXPERTS = 1024  # two ballot levels of 32
 
 
 class GroupedGemmSm90Kernel:
@@ -93,22 +92,6 @@ class GroupedGemmSm90Kernel:
                     self.y_smem).launch(
             grid=[N // TILE_N, num_tiles, 1], block=[THREADS, 1, 1], stream=stream)
 
-    @cute.jit
-    def find_expert(self, offsets: cute.Pointer, num_experts: Int32, tile: Int32, lane: Int32):
-        """(e, offsets[e], offsets[e+1]) for the largest e with ``offsets[e] // 128 + e <= tile``
-        (tile starts strictly increase with e); warp-uniform results."""
-        base = offsets.toint()
-        e = lane * 32
-        ok = e < num_experts
-        start = ld_global_s32_pred(base + Int64(e) * 4, ok, 0) // TILE_M + e
-        lo = (Int32(cute.arch.popc(cute.arch.vote_ballot_sync(ok & (start <= tile)))) - 1) * 32
-        e = lo + lane
-        ok = e < num_experts
-        off_e = ld_global_s32_pred(base + Int64(e) * 4, ok, 0)
-        off_next = ld_global_s32_pred(base + Int64(e) * 4 + 4, ok, 0)
-        src = Int32(cute.arch.popc(cute.arch.vote_ballot_sync(ok & (off_e // TILE_M + e <= tile)))) - 1
-        return lo + src, cute.arch.shuffle_sync(off_e, src), cute.arch.shuffle_sync(off_next, src)
-
     @cute.kernel
     def kernel(self, tma_a: cute.CopyAtom, tma_mA: cute.Tensor, tma_b: cute.CopyAtom, tma_mB: cute.Tensor,
                y: cute.Pointer, offsets: cute.Pointer, num_experts: Int32, tiled_mma: cute.TiledMma,
@@ -119,7 +102,7 @@ class GroupedGemmSm90Kernel:
         lane = tidx % 32
 
         # ---- which expert and rows this placed tile holds
-        e, tok0, tok1 = self.find_expert(offsets, num_experts, tile, lane)
+        e, tok0, tok1 = find_expert(offsets, num_experts, tile, lane)
         row0 = tok0 + (tile - (tok0 // TILE_M + e)) * TILE_M
         rows = cutlass.min(tok1 - row0, Int32(TILE_M))  # <= 0: gap tile or empty expert
 
