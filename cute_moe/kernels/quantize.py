@@ -23,6 +23,7 @@ How the work is laid out, and why:
 from __future__ import annotations
 
 import cutlass
+import cuda.bindings.driver as cuda
 import cutlass.cute as cute
 import torch
 from cutlass import Int32, Int64, Uint32
@@ -74,7 +75,7 @@ class MXFP8QuantizeKernel:
 
     @cute.jit
     def __call__(self, x: cute.Pointer, q_row: cute.Pointer, s_row: cute.Pointer, q_col: cute.Pointer, s_col: cute.Pointer,
-                 offsets: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32, num_ctas: Int32, stream):
+                 offsets: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32, num_ctas: Int32, stream: cuda.CUstream):
         self.kernel(x, q_row, s_row, q_col, s_col, offsets, tokens, num_experts, num_tiles).launch(
             grid=[num_ctas, 1, 1], block=[self.threads, 1, 1], stream=stream)
 

@@ -23,6 +23,7 @@ How the work is laid out, and why:
 
 from __future__ import annotations
 
+import cuda.bindings.driver as cuda
 import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
@@ -59,7 +60,7 @@ class GroupedGemmSm90Kernel:
 
     @cute.jit
     def __call__(self, a: cute.Pointer, b: cute.Pointer, y: cute.Pointer, offsets: cute.Pointer,
-                 tokens: Int32, num_experts: Int32, num_tiles: Int32, stream):
+                 tokens: Int32, num_experts: Int32, num_tiles: Int32, stream: cuda.CUstream):
         N, K = self.n, self.k
         # 128-byte-swizzled K-major stages for a and b (b as [N, K]); y staged row-major
         row = cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
