@@ -201,7 +201,7 @@ class _GroupedMLPFn(torch.autograd.Function):
         h_row, h_col = ops.quant(h, sizes, row=True, col=w2.requires_grad)
         y = ops.gmm(ops.deq(h_row), ops.weight(w2), sizes)
         ctx.ops, ctx.sizes, ctx.x_col, ctx.h_col, ctx.x_dtype = ops, sizes, x_col, h_col, x.dtype
-        ctx.save_for_backward(w1, w2, probs, z.to(torch.bfloat16) if isinstance(ops, _CudaOps) else z)
+        ctx.save_for_backward(w1, w2, probs, z)  # z as stored: bf16 on CUDA, rounded like bf16 on the reference path
         return y.to(x.dtype)
 
     @staticmethod
