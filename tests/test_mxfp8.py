@@ -144,3 +144,12 @@ def test_bad_axis_and_dtype():
         quantize(torch.zeros(4, 32), axis=2)
     with pytest.raises(TypeError, match="floating"):
         quantize(torch.zeros(4, 32, dtype=torch.int32))
+
+
+def test_device_dequantize_in_bf16_is_one_rounding_of_the_exact_value():
+    x = (torch.randn(300, 96) * torch.exp2(torch.randint(-40, 40, (300, 1)).float())).bfloat16()
+    x.view(-1)[:6] = torch.tensor([3.3895e38, float("inf"), float("nan"), 1e-40, 2.0**-133, -0.0]).bfloat16()
+    for t in (quantize(x, -1), quantize(x, 0), quantize(x, 0, torch.tensor([0, 7, 200, 0, 93])), quantize(x[:, :80], -1)):
+        exact = t.dequantize(torch.float64)
+        assert torch.equal(dequantize_device(t, torch.bfloat16).view(torch.int16), exact.to(torch.bfloat16).view(torch.int16))
+        assert torch.equal(dequantize_device(t, torch.float32).nan_to_num(), exact.float().nan_to_num())

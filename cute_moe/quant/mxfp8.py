@@ -238,11 +238,20 @@ def e8m0_to_f32(code: torch.Tensor) -> torch.Tensor:
 def dequantize_device(t: MXFP8Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """Dequantize on the tensor's device without host syncs (the grouped columnwise placement is
     resolved with device-side index math). Exact in fp32; in bf16 exact except where the value
-    falls outside bf16's normal range (|x| >= 2**128 -> inf, |x| < 2**-126 rounds)."""
-    q = t.data.to(torch.float32)
+    falls outside bf16's range (|x| >= 2**128 -> inf, |x| < 2**-133 rounds).
+
+    Computes in ``dtype`` directly: e4m3 and 2**(E-127) are exact in bf16 and fp32, and a product
+    of two bf16 operands is evaluated exactly then rounded once, which is what the fp32 route
+    followed by a cast would give; only with a third of the memory traffic."""
+    q = t.data.to(dtype)
+    s = e8m0_to_f32(t.scale).to(dtype)
     if t.axis != 0:
-        s = e8m0_to_f32(t.scale).repeat_interleave(BLOCK, dim=-1)[..., : q.shape[-1]]
-        return (q * s).to(dtype)
+        c = q.shape[-1]
+        nb = s.shape[-1]
+        pad = nb * BLOCK - c
+        qb = torch.nn.functional.pad(q, (0, pad)) if pad else q
+        out = (qb.reshape(*q.shape[:-1], nb, BLOCK) * s.unsqueeze(-1)).reshape(*q.shape[:-1], nb * BLOCK)
+        return out[..., :c] if pad else out
     rows = q.shape[0]
     if t.split_sizes is None:
         block = torch.arange(rows, device=q.device) // BLOCK
@@ -251,4 +260,4 @@ def dequantize_device(t: MXFP8Tensor, dtype: torch.dtype = torch.bfloat16) -> to
         e = torch.repeat_interleave(torch.arange(sizes.numel(), device=q.device), sizes, output_size=rows)
         start = torch.cumsum(sizes, 0) - sizes
         block = 4 * (start[e] // 128 + e) + (torch.arange(rows, device=q.device) - start[e]) // BLOCK
-    return (q * e8m0_to_f32(t.scale)[block]).to(dtype)
+    return q * s[block]
