@@ -21,7 +21,7 @@ import torch
 
 from . import dispatch
 from .quant import quantize
-from .quant.api import check_split_sizes_arg, exclusive_offsets, quantize_mxfp8, split_size_checks_enabled
+from .quant.api import check_split_sizes_arg, exclusive_offsets, quantize_checked, split_size_checks_enabled
 from .quant.mxfp8 import MXFP8Tensor, dequantize_device
 
 GLU_BLOCK = 32
@@ -88,8 +88,9 @@ class _CudaOps:
         self.mx = mx
 
     def grouping(self, split_sizes, tokens):
+        """(sizes, offsets [E+1]) once per call; torch._grouped_mm takes the end offsets[1:]."""
         sizes = split_sizes.to(torch.int32)
-        return sizes, exclusive_offsets(sizes)[1:]  # torch._grouped_mm takes end offsets
+        return sizes, exclusive_offsets(sizes)
 
     def round_act(self, t):
         return t.to(torch.bfloat16)
@@ -98,7 +99,8 @@ class _CudaOps:
         t = t.to(torch.bfloat16).contiguous()
         if not self.mx:
             return (t if row else None), (t if col else None)
-        return quantize_mxfp8(t, row, col, sizes[0] if col else None)
+        grouped = col  # only the columnwise blocks depend on the grouping
+        return quantize_checked(t, row, col, sizes[0] if grouped else None, sizes[1] if grouped else None)
 
     def deq(self, h):
         return dequantize_device(h, torch.bfloat16) if isinstance(h, MXFP8Tensor) else h.to(torch.bfloat16)
@@ -111,20 +113,23 @@ class _CudaOps:
         if colwise:
             # blocks along N inside each expert: one grouped columnwise pass over [E*N, K]
             # (with N % 32 == 0 the dense grouping is the same, without split sizes)
-            sizes = None if n % 32 == 0 else torch.full((e,), n, dtype=torch.int32, device=w.device)
-            _, col = quantize_mxfp8(w16.reshape(e * n, k).contiguous(), False, True, sizes)
+            sizes = offsets = None
+            if n % 32:
+                sizes = torch.full((e,), n, dtype=torch.int32, device=w.device)
+                offsets = exclusive_offsets(sizes)
+            _, col = quantize_checked(w16.reshape(e * n, k).contiguous(), False, True, sizes, offsets)
             return dequantize_device(col, torch.bfloat16).view(e, n, k)
-        row, _ = quantize_mxfp8(w16.reshape(e * n, k).contiguous(), True, False)
+        row, _ = quantize_checked(w16.reshape(e * n, k).contiguous(), True, False, None, None)
         return dequantize_device(row, torch.bfloat16).view(e, n, k)
 
     def gmm(self, a, w, sizes):
-        return torch._grouped_mm(a.to(torch.bfloat16), w.transpose(1, 2), offs=sizes[1])
+        return torch._grouped_mm(a.to(torch.bfloat16), w.transpose(1, 2), offs=sizes[1][1:])
 
     def gmm_dgrad(self, a, w, sizes):
-        return torch._grouped_mm(a.to(torch.bfloat16), w, offs=sizes[1])
+        return torch._grouped_mm(a.to(torch.bfloat16), w, offs=sizes[1][1:])
 
     def gmm_wgrad(self, a, b, sizes):
-        return torch._grouped_mm(a.to(torch.bfloat16).t(), b.to(torch.bfloat16), offs=sizes[1])
+        return torch._grouped_mm(a.to(torch.bfloat16).t(), b.to(torch.bfloat16), offs=sizes[1][1:])
 
 
 def _ops_for(decision: dispatch.Decision, act_dtype: torch.dtype):

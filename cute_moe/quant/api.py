@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from .layout import check_split_sizes
+from .layout import check_split_sizes, check_split_sizes_form
 from .mxfp8 import MXFP8Tensor, quantize
 
 # Reading split sizes on the host to validate them costs one device sync per call; training loops
@@ -25,14 +25,7 @@ def split_size_checks_enabled() -> bool:
 
 def check_split_sizes_arg(split_sizes, total: int, device: torch.device, num_experts: Optional[int] = None, name: str = "split_sizes") -> torch.Tensor:
     """Shape/dtype checks always; value checks unless disabled. Returns the tensor on ``device``."""
-    if isinstance(split_sizes, (list, tuple)):
-        split_sizes = torch.tensor(split_sizes, dtype=torch.int64)
-    if not isinstance(split_sizes, torch.Tensor):
-        raise TypeError(f"{name} must be an integer tensor, got {type(split_sizes).__name__}")
-    if split_sizes.dtype not in (torch.int32, torch.int64) or split_sizes.dim() != 1 or split_sizes.numel() == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D int32/int64 tensor, got {split_sizes.dtype} with shape {tuple(split_sizes.shape)}")
-    if num_experts is not None and split_sizes.numel() != num_experts:
-        raise ValueError(f"{name} must have one entry per expert ({num_experts}), got {split_sizes.numel()}")
+    split_sizes = check_split_sizes_form(split_sizes, num_experts, name)
     if split_sizes.device.type == "cpu" or split_size_checks_enabled():
         check_split_sizes(split_sizes, total, num_experts, name)
     return split_sizes.to(device, non_blocking=True)
@@ -66,27 +59,35 @@ def quantize_mxfp8(
         raise ValueError("ask for at least one of rowwise=True / colwise=True")
     if split_sizes is not None:
         split_sizes = check_split_sizes_arg(split_sizes, x.shape[0], x.device)
+    if x.device.type == "cuda":
+        if x.dtype != torch.bfloat16:
+            raise TypeError(f"x must be bfloat16 for the CUDA quantize kernel, got {x.dtype}")
+        if not x.is_contiguous():
+            raise ValueError("x must be contiguous (row-major)")
+        if x.shape[1] % 32 or (swizzled and x.shape[1] % 128):
+            need = 128 if swizzled else 32
+            raise ValueError(f"x.shape[1] must be a multiple of {need} for the CUDA quantize kernel, got {x.shape[1]}")
+        if torch.cuda.get_device_capability(x.device)[0] < 9:
+            raise RuntimeError("the CUDA quantize kernel needs compute capability >= 9.0; use cute_moe.quant.quantize on this device")
+        from ..kernels.common.placement import MAX_EXPERTS
+
+        if split_sizes is not None and split_sizes.numel() > MAX_EXPERTS:
+            raise ValueError(f"split_sizes may have at most {MAX_EXPERTS} experts, got {split_sizes.numel()}")
+    offsets = None if split_sizes is None else exclusive_offsets(split_sizes)
+    return quantize_checked(x, rowwise, colwise, split_sizes, offsets, swizzled)
+
+
+def quantize_checked(x, rowwise, colwise, split_sizes, offsets, swizzled=False):
+    """:func:`quantize_mxfp8` on inputs already validated, with ``offsets`` (int32 [E+1] on
+    x's device, or None) already computed: the per-call path of the autograd functions, which
+    check and group their inputs once per call, not once per quantized operand."""
     if x.device.type != "cuda":
         sizes_cpu = None if split_sizes is None else split_sizes.cpu()
         row = quantize(x, -1, sizes_cpu) if rowwise else None
         col = quantize(x, 0, sizes_cpu) if colwise else None
         return row, col
-    if x.dtype != torch.bfloat16:
-        raise TypeError(f"x must be bfloat16 for the CUDA quantize kernel, got {x.dtype}")
-    if not x.is_contiguous():
-        raise ValueError("x must be contiguous (row-major)")
-    if x.shape[1] % 32 or (swizzled and x.shape[1] % 128):
-        need = 128 if swizzled else 32
-        raise ValueError(f"x.shape[1] must be a multiple of {need} for the CUDA quantize kernel, got {x.shape[1]}")
-    if torch.cuda.get_device_capability(x.device)[0] < 9:
-        raise RuntimeError("the CUDA quantize kernel needs compute capability >= 9.0; use cute_moe.quant.quantize on this device")
-    from ..kernels.quantize import MAX_EXPERTS, quantize_mxfp8_cuda
+    from ..kernels.quantize import quantize_mxfp8_cuda
 
-    offsets = None
-    if split_sizes is not None:
-        if split_sizes.numel() > MAX_EXPERTS:
-            raise ValueError(f"split_sizes may have at most {MAX_EXPERTS} experts, got {split_sizes.numel()}")
-        offsets = exclusive_offsets(split_sizes)
     q_row, s_row, q_col, s_col = quantize_mxfp8_cuda(x, rowwise, colwise, offsets, swizzled)
     key = "scale_swizzled" if swizzled else "scale"
     row = MXFP8Tensor(q_row, -1, split_sizes=split_sizes, **{key: s_row}) if rowwise else None

@@ -30,8 +30,8 @@ from .mxfp8 import SCALE_PAD_CODE
 TILE = 128
 
 
-def check_split_sizes(split_sizes, total: int, num_experts: Optional[int] = None, name: str = "split_sizes") -> torch.Tensor:
-    """Validate split sizes on the host (this reads their values: one sync for a CUDA tensor)."""
+def check_split_sizes_form(split_sizes, num_experts: Optional[int] = None, name: str = "split_sizes") -> torch.Tensor:
+    """Type, dtype and shape of split sizes (reads no values: no sync). Lists become tensors."""
     if isinstance(split_sizes, (list, tuple)):
         split_sizes = torch.tensor(split_sizes, dtype=torch.int64)
     if not isinstance(split_sizes, torch.Tensor):
@@ -42,6 +42,13 @@ def check_split_sizes(split_sizes, total: int, num_experts: Optional[int] = None
         raise ValueError(f"{name} must be a non-empty 1-D tensor, got shape {tuple(split_sizes.shape)}")
     if num_experts is not None and split_sizes.numel() != num_experts:
         raise ValueError(f"{name} must have one entry per expert ({num_experts}), got {split_sizes.numel()}")
+    return split_sizes
+
+
+def check_split_sizes(split_sizes, total: int, num_experts: Optional[int] = None, name: str = "split_sizes") -> torch.Tensor:
+    """Validate split sizes on the host (this reads their values: one sync for a CUDA tensor);
+    returns them as a CPU int64 tensor."""
+    split_sizes = check_split_sizes_form(split_sizes, num_experts, name)
     host = split_sizes.detach().to("cpu", torch.int64)
     if bool((host < 0).any()):
         raise ValueError(f"{name} must be >= 0, got {host.tolist()}")
