@@ -27,11 +27,13 @@ import cuda.bindings.driver as cuda
 import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
-import cutlass.utils as utils
 import cutlass.utils.hopper_helpers as sm90_utils
+import torch
 from cutlass import BFloat16, Float32, Int32, Int64
 
+from ...quant.layout import grouped_tiles
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS, find_expert
+from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
 
 TILE_M = TILE_TOKENS  # the grouped placement's tile: one CTA, two warpgroups of 64 rows
 TILE_N = 128
@@ -226,16 +228,12 @@ class GroupedGemmSm90Kernel:
 # --- host side --------------------------------------------------------------------------------
 
 def _placeholder_args():
-    from ..compile import gmem_ptr, stream_arg
-
     # a, b, y, offsets, tokens, experts, tiles, stream
     return (gmem_ptr(BFloat16), gmem_ptr(BFloat16), gmem_ptr(BFloat16), gmem_ptr(Int32),
             Int32(1), Int32(1), Int32(1), stream_arg())
 
 
 def compiled_grouped_gemm_kernel(n, k, arch, keep_ptx=False):
-    from ..compile import compile_kernel
-
     return compile_kernel(("grouped_gemm_sm90", n, k, STAGES), lambda: GroupedGemmSm90Kernel(n, k), _placeholder_args(),
                           arch, keep_ptx)
 
@@ -247,11 +245,6 @@ def grouped_gemm_sm90(a, b, offsets, _poison=None):
     device (exclusive cumsum of split sizes, ``offsets[E] == T``; not read on the host).
     ``_poison``: tests fill y with it first, so that a row the kernel does not write shows up.
     """
-    import torch
-
-    from ...quant.layout import grouped_tiles
-    from ..compile import gmem_ptr, stream_arg, target_arch
-
     if a.dtype != torch.bfloat16 or b.dtype != torch.bfloat16:
         raise TypeError(f"a and b must be bf16, got {a.dtype} and {b.dtype}")
     if offsets.dtype != torch.int32:
