@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from typing import Any, Callable, Optional
 
 _cache: dict = {}
 _lock = threading.Lock()
-#: seconds spent compiling per cache key (benchmarks report first-call compile time)
-compile_seconds: dict = {}
 
 
 def target_arch(device=None) -> str:
@@ -58,7 +55,6 @@ def compile_kernel(key: tuple, make: Callable[[], Any], args: tuple, arch: str, 
         hit = _cache.get(full_key)
         if hit is not None:
             return hit
-        t0 = time.perf_counter()
         opts = [cute.GPUArch(arch)]
         if keep_ptx:
             import tempfile
@@ -68,7 +64,6 @@ def compile_kernel(key: tuple, make: Callable[[], Any], args: tuple, arch: str, 
             # KeepPTX also writes a .ptx file; keep it out of the working directory
             opts += [cute.KeepPTX, DumpDir(tempfile.gettempdir())]
         compiled = cute.compile[tuple(opts)](make(), *args)
-        compile_seconds[full_key] = time.perf_counter() - t0
         _cache[full_key] = compiled
         return compiled
 
