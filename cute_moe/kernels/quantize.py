@@ -26,28 +26,15 @@ import cutlass
 import cuda.bindings.driver as cuda
 import cutlass.cute as cute
 import torch
-from cutlass import Int32, Int64, Uint32
+from cutlass import Int32, Int64
 
 from ..quant.layout import grouped_tiles
-from .common.ptx import (
-    SCALE_PAD_CODE,
-    absmax_bf16x2,
-    bf16_to_e4m3,
-    cp_async_16,
-    e8m0_scale,
-    halves_max,
-    ld_shared,
-    st_global,
-    st_global_u8,
-    swizzle_offset,
-    umax,
-)
+from .common.ptx import cp_async_16
+from .common.quantize_tile import ROW_BYTES, TILE_BYTES, TILE_COLS, quantize_tile_colwise, quantize_tile_rowwise
 from .common.placement import MAX_EXPERTS, TILE_TOKENS, find_expert
 from .compile import compile_kernel, gmem_ptr, stream_arg, target_arch
 
-TILE_COLS = 128
-ROW_BYTES = TILE_COLS * 2 + 16  # +16: column reads of the colwise pass hit distinct banks
-STAGE_BYTES = TILE_TOKENS * ROW_BYTES
+STAGE_BYTES = TILE_BYTES
 STAGES = 2
 CTAS_PER_SM = 3  # 2 stages x 34 KB of shared memory each
 
@@ -119,60 +106,11 @@ class MXFP8QuantizeKernel:
 
     @cute.jit
     def process(self, q_row, s_row, q_col, s_col, stage, tile, cblk, row0, rows, num_tiles, tidx):
-        C = self.cols
         if cutlass.const_expr(self.rowwise):
-            ch = tidx % 16
-            col = cblk * TILE_COLS + ch * 8
-            col_ok = col < C
-            blk = col // 32
-            writer = (ch % 4 == 0) & col_ok
-            for p in cutlass.range_constexpr(TILE_TOKENS // 8):
-                r = tidx // 16 + 8 * p
-                w = ld_shared(stage + r * ROW_BYTES + ch * 16, 4)
-                m = halves_max(absmax_bf16x2(absmax_bf16x2(absmax_bf16x2(absmax_bf16x2(Uint32(0), w[0]), w[1]), w[2]), w[3]))
-                m = umax(m, cute.arch.shuffle_sync_bfly(m, offset=1))
-                m = umax(m, cute.arch.shuffle_sync_bfly(m, offset=2))
-                code, sbits = e8m0_scale(m)
-                q = bf16_to_e4m3(w, [sbits] * 8)
-                row_ok = r < rows
-                st_global(q_row.toint() + Int64(row0 + r) * C + Int64(col), q, row_ok & col_ok)
-                if cutlass.const_expr(self.swizzled):
-                    off = swizzle_offset(tile * TILE_TOKENS + r, blk, C // 128)
-                    st_global_u8(s_row.toint() + Int64(off), Uint32(cutlass.select_(row_ok, code, Uint32(SCALE_PAD_CODE))), writer)
-                else:
-                    st_global_u8(s_row.toint() + Int64(row0 + r) * (C // 32) + Int64(blk), code, writer & row_ok)
+            quantize_tile_rowwise(stage, q_row, s_row, tile, cblk, row0, rows, tidx, self.cols, self.swizzled)
         if cutlass.const_expr(self.colwise):
-            warp = tidx // 32
-            lane = tidx % 32
-            col = cblk * TILE_COLS + lane * 4
-            col_ok = col < C
-            base = stage + warp * 32 * ROW_BYTES + lane * 8
-            acc = [Uint32(0), Uint32(0)]
-            for i in cutlass.range_constexpr(32):
-                w = ld_shared(base + i * ROW_BYTES, 2)
-                acc = [absmax_bf16x2(acc[0], w[0]), absmax_bf16x2(acc[1], w[1])]
-            blk_rows = cutlass.min(cutlass.max(rows - warp * 32, Int32(0)), Int32(32))
-            has_data = blk_rows > 0
-            codes = []
-            sbits = []
-            for j in cutlass.range_constexpr(4):
-                m = (acc[j // 2] >> 16) if j % 2 else (acc[j // 2] & Uint32(0xFFFF))
-                code, sb = e8m0_scale(m)
-                codes.append(Uint32(cutlass.select_(has_data, code, Uint32(SCALE_PAD_CODE))))
-                sbits.append(sb)
-            q_base = q_col.toint() + Int64(row0 + warp * 32) * C + Int64(col)
-            for i in cutlass.range_constexpr(32):
-                w = ld_shared(base + i * ROW_BYTES, 2)
-                st_global(q_base + i * C, bf16_to_e4m3(w, sbits), (i < blk_rows) & col_ok)
-            block = tile * 4 + warp
-            if cutlass.const_expr(self.swizzled):
-                s_lane = s_col.toint() + Int64(swizzle_offset(col, block, num_tiles))
-                for j in cutlass.range_constexpr(4):
-                    st_global_u8(s_lane + j * 16, codes[j], col_ok)
-            else:
-                packed = codes[0] | (codes[1] << 8) | (codes[2] << 16) | (codes[3] << 24)
-                pred = col_ok if cutlass.const_expr(self.grouped) else (col_ok & has_data)
-                st_global(s_col.toint() + Int64(block) * C + Int64(col), [packed], pred)
+            quantize_tile_colwise(stage, q_col, s_col, tile, cblk, row0, rows, num_tiles, tidx, self.cols,
+                                  self.grouped, self.swizzled)
 
     @cute.kernel
     def kernel(self, x: cute.Pointer, q_row: cute.Pointer, s_row: cute.Pointer, q_col: cute.Pointer, s_col: cute.Pointer,

@@ -1,0 +1,105 @@
+"""MXFP8 quantization of one staged 128 x 128 bf16 tile in shared memory -> global memory.
+
+Shared by the quantize kernel (tiles staged by ``cp.async``) and the SM90 FC1 epilogue (the
+SwiGLU output ``h`` staged from the accumulators), so both write bit-identical bytes and the same
+scale layouts. The tile is row-major with rows ``ROW_BYTES`` apart; rows at or past ``rows`` must
+hold zeros (they are padding of the tile's last 32-row block and must not raise its amax).
+
+Each pass uses 128 threads (``tid`` in [0, 128)): callers with more threads run the two passes on
+different warpgroups at once.
+- Rowwise: a thread converts 8 columns of a row (4 lanes = one 32-block, two xor-shuffles for
+  the amax).
+- Columnwise: warp w owns rows 32w..32w+31 (one block), a lane 4 columns; the +16-byte row
+  padding puts these column reads on distinct banks.
+"""
+
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Int32, Int64, Uint32
+
+from .placement import TILE_TOKENS
+from .ptx import (
+    SCALE_PAD_CODE,
+    absmax_bf16x2,
+    bf16_to_e4m3,
+    e8m0_scale,
+    halves_max,
+    ld_shared,
+    st_global,
+    st_global_u8,
+    swizzle_offset,
+    umax,
+)
+
+TILE_COLS = 128
+ROW_BYTES = TILE_COLS * 2 + 16
+TILE_BYTES = TILE_TOKENS * ROW_BYTES
+PASS_THREADS = 128
+
+
+@cute.jit
+def quantize_tile_rowwise(stage: Int32, q_row: cute.Pointer, s_row: cute.Pointer, tile: Int32, cblk: Int32,
+                          row0: Int32, rows: Int32, tid: Int32, cols: cutlass.Constexpr, swizzled: cutlass.Constexpr):
+    """Rows ``row0 .. row0+rows-1`` of columns ``128*cblk ..`` -> ``q_row`` [T, cols] and ``s_row``
+    (plain [T, cols/32], or swizzled with placed tile ``tile``'s padding rows written as 127)."""
+    ch = tid % 16
+    col = cblk * TILE_COLS + ch * 8
+    col_ok = col < cols
+    blk = col // 32
+    writer = (ch % 4 == 0) & col_ok
+    for p in cutlass.range_constexpr(TILE_TOKENS // 8):
+        r = tid // 16 + 8 * p
+        w = ld_shared(stage + r * ROW_BYTES + ch * 16, 4)
+        m = halves_max(absmax_bf16x2(absmax_bf16x2(absmax_bf16x2(absmax_bf16x2(Uint32(0), w[0]), w[1]), w[2]), w[3]))
+        m = umax(m, cute.arch.shuffle_sync_bfly(m, offset=1))
+        m = umax(m, cute.arch.shuffle_sync_bfly(m, offset=2))
+        code, sbits = e8m0_scale(m)
+        q = bf16_to_e4m3(w, [sbits] * 8)
+        row_ok = r < rows
+        st_global(q_row.toint() + Int64(row0 + r) * cols + Int64(col), q, row_ok & col_ok)
+        if cutlass.const_expr(swizzled):
+            off = swizzle_offset(tile * TILE_TOKENS + r, blk, cols // 128)
+            st_global_u8(s_row.toint() + Int64(off), Uint32(cutlass.select_(row_ok, code, Uint32(SCALE_PAD_CODE))), writer)
+        else:
+            st_global_u8(s_row.toint() + Int64(row0 + r) * (cols // 32) + Int64(blk), code, writer & row_ok)
+
+
+@cute.jit
+def quantize_tile_colwise(stage: Int32, q_col: cute.Pointer, s_col: cute.Pointer, tile: Int32, cblk: Int32,
+                          row0: Int32, rows: Int32, num_tiles: Int32, tid: Int32, cols: cutlass.Constexpr,
+                          grouped: cutlass.Constexpr, swizzled: cutlass.Constexpr):
+    """Columnwise blocks of 32 rows (block ``4*tile + w``; grouped: per-expert blocks, padding
+    blocks written as 127) -> ``q_col`` [T, cols] and ``s_col`` (plain or swizzled)."""
+    warp = tid // 32
+    lane = tid % 32
+    col = cblk * TILE_COLS + lane * 4
+    col_ok = col < cols
+    base = stage + warp * 32 * ROW_BYTES + lane * 8
+    acc = [Uint32(0), Uint32(0)]
+    for i in cutlass.range_constexpr(32):
+        w = ld_shared(base + i * ROW_BYTES, 2)
+        acc = [absmax_bf16x2(acc[0], w[0]), absmax_bf16x2(acc[1], w[1])]
+    blk_rows = cutlass.min(cutlass.max(rows - warp * 32, Int32(0)), Int32(32))
+    has_data = blk_rows > 0
+    codes = []
+    sbits = []
+    for j in cutlass.range_constexpr(4):
+        m = (acc[j // 2] >> 16) if j % 2 else (acc[j // 2] & Uint32(0xFFFF))
+        code, sb = e8m0_scale(m)
+        codes.append(Uint32(cutlass.select_(has_data, code, Uint32(SCALE_PAD_CODE))))
+        sbits.append(sb)
+    q_base = q_col.toint() + Int64(row0 + warp * 32) * cols + Int64(col)
+    for i in cutlass.range_constexpr(32):
+        w = ld_shared(base + i * ROW_BYTES, 2)
+        st_global(q_base + i * cols, bf16_to_e4m3(w, sbits), (i < blk_rows) & col_ok)
+    block = tile * 4 + warp
+    if cutlass.const_expr(swizzled):
+        s_lane = s_col.toint() + Int64(swizzle_offset(col, block, num_tiles))
+        for j in cutlass.range_constexpr(4):
+            st_global_u8(s_lane + j * 16, codes[j], col_ok)
+    else:
+        packed = codes[0] | (codes[1] << 8) | (codes[2] << 16) | (codes[3] << 24)
+        pred = col_ok if cutlass.const_expr(grouped) else (col_ok & has_data)
+        st_global(s_col.toint() + Int64(block) * cols + Int64(col), [packed], pred)
