@@ -61,6 +61,33 @@ def _sm90_grouped_gemm_configs():
     ]
 
 
+def _sm90_mx_grouped_gemm_configs():
+    from .sm90.mx_grouped_gemm import compiled_mx_grouped_gemm_kernel
+
+    must = ("wgmma.mma_async.sync.aligned", ".f32.bf16.bf16", "cp.async.bulk.tensor", "cvt.rn.f16x2.e4m3x2",
+            "ld.global.nc.u8", "fence.proxy.async", "stmatrix")
+    fc1 = ("cvt.rn.satfinite.e4m3x2.f32", "div.rn.f32")
+    # (N, K, (swiglu, with_probs, h_bf16, h_row, h_col, swizzled)): FC2 and FC1 of the issue's shapes
+    cfgs = [
+        (7168, 2048, (False,) * 6),
+        (2048, 768, (False,) * 6),
+        (4096, 7168, (True, True, False, True, True, False)),
+        (1536, 2048, (True, False, True, True, True, True)),
+    ]
+    return [
+        KernelConfig(
+            name=f"mx_grouped_gemm_sm90-{n}-{k}" + "".join(f"-{int(f)}" for f in flags),
+            compile=lambda arch, n=n, k=k, flags=flags: compiled_mx_grouped_gemm_kernel(n, k, flags, arch, keep_ptx=True),
+            archs=("sm_90a",),
+            ptx_must_contain=must + (fc1 if flags[0] else ()),
+            # IEEE arithmetic everywhere; the one .ftz is libdevice's expf (ex2.approx.ftz after its
+            # range reduction), the same expf torch's silu runs
+            ptx_must_not_contain=("mul.rn.ftz", "fma.rn.ftz", "add.rn.ftz", "div.approx", "div.full", "cvt.rn.ftz"),
+        )
+        for n, k, flags in cfgs
+    ]
+
+
 def registry() -> list:
     """All kernel configurations CI compiles (built lazily: importing the DSL is slow)."""
-    return _quantize_configs() + _sm90_grouped_gemm_configs()
+    return _quantize_configs() + _sm90_grouped_gemm_configs() + _sm90_mx_grouped_gemm_configs()

@@ -205,3 +205,77 @@ def bf16_to_e4m3(words, sbits, *, loc=None, ip=None):
 def swizzle_offset(r, c, col_groups):
     """Byte offset of scale (r, c) in the swizzled layout; ``col_groups`` = padded cols / 4."""
     return ((r // 128) * col_groups + c // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + (c % 4)
+
+
+@dsl_user_op
+def st_shared(addr, vals, *, loc=None, ip=None):
+    """Store 1, 2 or 4 32-bit words to shared memory."""
+    n = len(vals)
+    regs = ", ".join(f"${i + 1}" for i in range(n))
+    _asm(
+        None,
+        [Int32(addr), *(Uint32(v) for v in vals)],
+        f"st.shared{'' if n == 1 else f'.v{n}'}.u32 [$0], " + (regs if n == 1 else "{" + regs + "}") + ";",
+        "r," + ",".join(["r"] * n),
+        side_effects=True,
+        loc=loc,
+        ip=ip,
+    )
+
+
+@dsl_user_op
+def ld_global_u8(addr: Int64, *, loc=None, ip=None) -> Uint32:
+    """One byte through the read-only path (scale codes)."""
+    return Uint32(_asm(T.i32(), [Int64(addr)], "ld.global.nc.u8 $0, [$1];", "=r,l", loc=loc, ip=ip))
+
+
+@dsl_user_op
+def e4m3_to_bf16_scaled(words, code, *, loc=None, ip=None):
+    """MX dequantization of 4*len(words) e4m3 bytes with one E8M0 ``code``: bf16 pairs
+    ``bf16(float(q) * 2**(code-127))`` in element order (element 2k in the low half of word k).
+
+    e4m3 -> f16 (hardware, exact) -> f32 -> IEEE multiply by the power of two (exact unless it
+    leaves fp32's range; code 0 is the subnormal 2**-127, 0xFF is NaN) -> bf16 RN, exact for every
+    result in bf16's normal range, which is what dequantizing to bf16 on the host gives."""
+    n = len(words)
+    body = [
+        f"shl.b32 s, ${2 * n}, 23; setp.eq.u32 p, ${2 * n}, 0; selp.b32 s, 0x00400000, s, p;\n"
+        f"setp.eq.u32 p, ${2 * n}, 255; selp.b32 s, 0x7FC00000, s, p; mov.b32 sf, s;\n"
+    ]
+    for k in range(n):
+        for half in range(2):
+            body.append(
+                f"mov.b32 {{b0, b1}}, ${n + k}; cvt.rn.f16x2.e4m3x2 hh, b{half};\n"
+                "mov.b32 {h0, h1}, hh; cvt.f32.f16 f0, h0; cvt.f32.f16 f1, h1;\n"
+                "mul.rn.f32 f0, f0, sf; mul.rn.f32 f1, f1, sf;\n"
+                f"cvt.rn.bf16x2.f32 ${2 * k + half}, f1, f0;\n"
+            )
+    res = _asm(
+        llvm.StructType.get_literal([T.i32()] * (2 * n)),
+        [*(Uint32(w) for w in words), Uint32(code)],
+        "{ .reg .b32 s, hh; .reg .b16 b0, b1, h0, h1; .reg .f32 sf, f0, f1; .reg .pred p;\n" + "".join(body) + "}",
+        ",".join(["=&r"] * (2 * n) + ["r"] * (n + 1)),
+        loc=loc,
+        ip=ip,
+    )
+    return _unpack(res, 2 * n, loc, ip)
+
+
+@dsl_user_op
+def bf16x2_to_f32(w, *, loc=None, ip=None):
+    """(low, high) halves of a bf16 pair as fp32 (exact)."""
+    res = _asm(
+        llvm.StructType.get_literal([T.f32(), T.f32()]),
+        [Uint32(w)],
+        "{ .reg .b32 t; shl.b32 t, $2, 16; mov.b32 $0, t; and.b32 t, $2, 0xFFFF0000; mov.b32 $1, t; }",
+        "=f,=f,r",
+        loc=loc,
+        ip=ip,
+    )
+    return [Float32(llvm.extractvalue(T.f32(), res, [i], loc=loc, ip=ip)) for i in range(2)]
+
+
+@dsl_user_op
+def f32_to_bf16x2(lo, hi, *, loc=None, ip=None) -> Uint32:
+    """RN bf16 pair (``lo`` in the low half)."""
+    return Uint32(_asm(T.i32(), [Float32(lo), Float32(hi)], "cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,f,f", loc=loc, ip=ip))

@@ -1,0 +1,192 @@
+"""SM90 fused MXFP8 kernels vs torch bf16, per shape, in one run (issue 3).
+
+    python bench/bench_fused.py [--shapes ...] [--json out.json]
+
+Per shape (training and decode):
+- torch bf16 anchors, re-measured here: FC1 = ``torch._grouped_mm`` + SwiGLU (``silu(g) * u`` on the
+  interleaved output), FC2 = ``torch._grouped_mm``;
+- cute_moe FC1: MXFP8 x, W1 -> bf16 z (saved for backward) + h = p * silu(g) * u as MXFP8 rowwise and
+  columnwise (one kernel); FC2: MXFP8 h, W2 -> bf16 y;
+- quack's ``gemm_act(..., activation="swiglu")`` as a peer when ``quack`` imports (bf16, its own layout).
+Decode rows also give the bytes of expert weights the kernel must read (only touched experts) as GB/s
+against the copy bandwidth measured in the same run. The first call's time (compile + run, the DSL's
+in-memory cache empty) is reported per kernel configuration.
+"""
+
+import argparse
+import json
+import time
+
+import torch
+from triton.testing import do_bench
+
+from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
+from cute_moe.quant.api import exclusive_offsets, quantize_mxfp8
+
+TRAIN = {  # name: (experts, tokens per expert, K, H)
+    "dsv3_ep8": (32, 1024, 7168, 2048),
+    "qwen3_30b": (128, 256, 2048, 768),
+    "mixtral_like": (8, 4096, 4096, 14336),
+    "qwen3_30b_zipf": (128, 256, 2048, 768),
+}
+DECODE = {"flash": (256, 4096, 2048), "pro": (384, 7168, 3072)}  # experts, K, H; top-6 routing
+DECODE_BATCHES = (1, 16, 64, 128)
+TOPK = 6
+
+
+def zipf_sizes(e, total):
+    w = 1.0 / torch.arange(1, e + 1, dtype=torch.float64) ** 1.1
+    sizes = torch.floor(w / w.sum() * total).to(torch.int64)
+    sizes[-e // 8 :] = 0  # some experts empty
+    sizes[0] += total - int(sizes.sum())
+    return sizes
+
+
+def decode_sizes(e, batch, gen):
+    """top-6 of ``batch`` tokens to random distinct experts -> tokens per expert."""
+    experts = torch.stack([torch.randperm(e, generator=gen)[:TOPK] for _ in range(batch)]).flatten()
+    return torch.bincount(experts, minlength=e)
+
+
+def mx_rows(w):
+    """MXFP8 rowwise of [E, N, K] bf16 -> (e4m3 [E, N, K], scales [E, N, K/32])."""
+    e, n, k = w.shape
+    q = quantize_mxfp8(w.reshape(e * n, k))[0]
+    return q.data.view(e, n, k), q.scale.view(e, n, k // 32)
+
+
+def bench(fn):
+    return do_bench(fn, warmup=10, rep=100)
+
+
+def first_call(fn):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def quack_fc1():
+    try:
+        from quack.gemm_interface import gemm_act  # noqa: F401
+    except Exception:  # not installed, or no GPU build: no peer row
+        return None
+    return gemm_act
+
+
+def run_shape(name, sizes, k, h, compile_times, peer):
+    e = sizes.numel()
+    t = int(sizes.sum())
+    dev = "cuda"
+    sizes = sizes.to(dev)
+    offsets = exclusive_offsets(sizes.to(torch.int32))
+    ends = offsets[1:]
+    touched = int((sizes > 0).sum())
+    r = dict(shape=name, E=e, T=t, K=k, H=h, touched_experts=touched)
+
+    # ---- FC1
+    x = torch.randn(t, k, device=dev, dtype=torch.bfloat16)
+    w1 = torch.randn(e, 2 * h, k, device=dev, dtype=torch.bfloat16) / k**0.5
+    p = torch.rand(t, device=dev)
+    xq = quantize_mxfp8(x)[0]
+    w1q, w1s = mx_rows(w1)
+    w1t = w1.transpose(1, 2)
+
+    def torch_fc1():
+        z = torch._grouped_mm(x, w1t, offs=ends)
+        v = z.view(t, h // 32, 2, 32)
+        return torch.nn.functional.silu(v[:, :, 0]) * v[:, :, 1]
+
+    def ours_fc1():
+        return mx_grouped_gemm_sm90(xq.data, xq.scale, w1q, w1s, offsets, swiglu=True, probs=p, h_row=True, h_col=True)
+
+    key = ("fc1", 2 * h, k)
+    if key not in compile_times:
+        compile_times[key] = first_call(ours_fc1)
+    r["fc1_first_call_s"] = compile_times[key]
+    flops = 2 * t * k * 2 * h
+    r["torch_fc1_ms"] = bench(torch_fc1)
+    r["ours_fc1_ms"] = bench(ours_fc1)
+    r["fc1_speedup"] = r["torch_fc1_ms"] / r["ours_fc1_ms"]
+    r["ours_fc1_tflops"] = flops / r["ours_fc1_ms"] / 1e9
+    r["torch_fc1_tflops"] = flops / r["torch_fc1_ms"] / 1e9
+    w1_bytes_mx = touched * 2 * h * k * (1 + 1 / 32)
+    r["fc1_weight_gbps"] = w1_bytes_mx / r["ours_fc1_ms"] / 1e6
+    r["torch_fc1_weight_gbps"] = touched * 2 * h * k * 2 / r["torch_fc1_ms"] / 1e6
+    if peer is not None and t > 0:
+        try:
+            w1_kn = w1.transpose(1, 2).contiguous()  # quack takes [E, K, N]
+            peer(x, w1_kn, activation="swiglu", cu_seqlens_m=offsets)
+            r["quack_fc1_ms"] = bench(lambda: peer(x, w1_kn, activation="swiglu", cu_seqlens_m=offsets))
+        except Exception as exc:  # the peer's API moves; say why there is no number
+            r["quack_fc1_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    del w1, w1t, w1q, w1s, x, xq
+    torch.cuda.empty_cache()
+
+    # ---- FC2
+    hb = torch.randn(t, h, device=dev, dtype=torch.bfloat16)
+    w2 = torch.randn(e, k, h, device=dev, dtype=torch.bfloat16) / h**0.5
+    hq = quantize_mxfp8(hb)[0]
+    w2q, w2s = mx_rows(w2)
+    w2t = w2.transpose(1, 2)
+
+    def ours_fc2():
+        return mx_grouped_gemm_sm90(hq.data, hq.scale, w2q, w2s, offsets)
+
+    key = ("fc2", k, h)
+    if key not in compile_times:
+        compile_times[key] = first_call(ours_fc2)
+    r["fc2_first_call_s"] = compile_times[key]
+    r["torch_fc2_ms"] = bench(lambda: torch._grouped_mm(hb, w2t, offs=ends))
+    r["ours_fc2_ms"] = bench(ours_fc2)
+    r["fc2_speedup"] = r["torch_fc2_ms"] / r["ours_fc2_ms"]
+    r["ours_fc2_tflops"] = 2 * t * h * k / r["ours_fc2_ms"] / 1e9
+    r["fc2_weight_gbps"] = touched * k * h * (1 + 1 / 32) / r["ours_fc2_ms"] / 1e6
+    del w2, w2t, w2q, w2s, hb, hq
+    torch.cuda.empty_cache()
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", nargs="+", default=list(TRAIN) + [f"{d}_b{b}" for d in DECODE for b in DECODE_BATCHES])
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    gen = torch.Generator().manual_seed(0)
+    src = torch.empty(2**28, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_gbps = 2 * src.numel() / bench(lambda: dst.copy_(src)) / 1e6
+    del src, dst
+    peer = quack_fc1()
+    compile_times = {}
+    rows = []
+    for name in args.shapes:
+        if name in TRAIN:
+            e, tpe, k, h = TRAIN[name]
+            sizes = zipf_sizes(e, e * tpe) if name.endswith("zipf") else torch.full((e,), tpe, dtype=torch.int64)
+        else:
+            model, b = name.rsplit("_b", 1)
+            e, k, h = DECODE[model]
+            sizes = decode_sizes(e, int(b), gen)
+        rows.append(run_shape(name, sizes, k, h, compile_times, peer))
+        print(rows[-1], flush=True)
+    print(f"\nGPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  copy {copy_gbps:.0f} GB/s"
+          f"  quack peer: {'yes' if peer else 'not importable'}")
+    print(f"{'shape':15s} {'T':>6s} | {'FC1 torch':>9s} {'ours':>7s} {'TFLOP/s':>7s} {'speed':>5s} {'GB/s':>5s} |"
+          f" {'FC2 torch':>9s} {'ours':>7s} {'TFLOP/s':>7s} {'speed':>5s} {'GB/s':>5s} | {'quack FC1':>9s}")
+    for r in rows:
+        q = r.get("quack_fc1_ms")
+        print(f"{r['shape']:15s} {r['T']:6d} | {r['torch_fc1_ms']:9.3f} {r['ours_fc1_ms']:7.3f} {r['ours_fc1_tflops']:7.0f}"
+              f" {r['fc1_speedup']:5.2f} {r['fc1_weight_gbps']:5.0f} | {r['torch_fc2_ms']:9.3f} {r['ours_fc2_ms']:7.3f}"
+              f" {r['ours_fc2_tflops']:7.0f} {r['fc2_speedup']:5.2f} {r['fc2_weight_gbps']:5.0f} |"
+              f" {q if q is None else round(q, 3)!s:>9s}")
+    print("first call (compile + run), s:", {f"{a}-N{b}-K{c}": round(v, 1) for (a, b, c), v in compile_times.items()})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(gpu=torch.cuda.get_device_name(), copy_gbps=copy_gbps, rows=rows,
+                           first_call_s={f"{a}-N{b}-K{c}": v for (a, b, c), v in compile_times.items()}), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

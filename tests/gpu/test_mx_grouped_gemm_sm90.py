@@ -1,0 +1,160 @@
+"""SM90 MXFP8 grouped GEMM (FC1 with SwiGLU + MXFP8 h, FC2) vs the exact reference (Hopper GPU).
+
+Error bound (issue 3): the kernel's normwise error against fp64 math on the dequantized operands is
+at most twice what torch's bf16 grouped GEMM gets on the same (exactly bf16) dequantized operands.
+MXFP8 outputs must be bit-exact against quantizing the kernel's own bf16 ``h`` with the reference.
+"""
+
+import pytest
+import torch
+
+from cute_moe.functional import swiglu
+from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
+from cute_moe.quant import quantize
+from cute_moe.quant.api import exclusive_offsets, quantize_mxfp8
+from cute_moe.quant.layout import swizzle_scales
+
+from helpers import random_sizes, rel_err
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] != 9,
+                       reason="needs an sm_90 GPU"),
+]
+
+
+def _mx(x):
+    """Rowwise MXFP8 of a [..., K] bf16 tensor: (e4m3 data, plain scales, fp64 dequantized)."""
+    q = quantize_mxfp8(x.reshape(-1, x.shape[-1]).contiguous())[0]
+    shape_s = (*x.shape[:-1], x.shape[-1] // 32)
+    return q.data.view(x.shape), q.scale.view(shape_s), q.dequantize(torch.float64).view(x.shape)
+
+
+def _problem(sizes, n, k, seed=0, spread=0):
+    """a [T, K], b [E, N, K] (bf16, then MXFP8). ``spread``: rows and experts scaled by random
+    powers of two in [-spread, spread], so that the E8M0 codes vary far from 127."""
+    gen = torch.Generator().manual_seed(seed)
+    t, e = int(sum(sizes)), len(sizes)
+    a = torch.randn(t, k, generator=gen)
+    b = torch.randn(e, n, k, generator=gen) / k**0.5
+    if spread:
+        a *= 2.0 ** torch.randint(-spread, spread + 1, (t, 1), generator=gen)
+        b *= 2.0 ** torch.randint(-spread, spread + 1, (e, 1, 1), generator=gen)
+    a, b = a.to("cuda", torch.bfloat16), b.to("cuda", torch.bfloat16)
+    offsets = exclusive_offsets(torch.tensor(list(sizes), dtype=torch.int32, device="cuda"))
+    return _mx(a), _mx(b), offsets
+
+
+def _check_gemm(out, a_dq, b_dq, sizes, offsets):
+    """out vs fp64; and within 2x of torch bf16 _grouped_mm's error on the same operands."""
+    ref = torch.zeros(out.shape, dtype=torch.float64, device="cuda")
+    start = 0
+    for e, s in enumerate(sizes):
+        ref[start : start + s] = a_dq[start : start + s] @ b_dq[e].t()
+        start += s
+    torch_bf16 = torch._grouped_mm(a_dq.to(torch.bfloat16), b_dq.to(torch.bfloat16).transpose(1, 2), offs=offsets[1:])
+    bound = 2 * rel_err(torch_bf16, ref) + 1e-6
+    assert not torch.isnan(out).any(), f"unwritten rows: {torch.isnan(out).any(1).nonzero().flatten()[:16].tolist()}"
+    err = rel_err(out, ref)
+    assert err <= bound, f"normwise error {err} > 2x torch bf16 ({bound})"
+    start = 0
+    for s in sizes:  # per expert, so that rows computed with another expert's weights show up
+        if s:
+            err = rel_err(out[start : start + s], ref[start : start + s])
+            assert err < 1e-2, f"expert rows {start}..{start + s}: normwise relative error {err}"
+        start += s
+    return ref
+
+
+@pytest.mark.parametrize("sizes,n,k", [
+    ([0, 1, 127, 128, 129, 0, 300], 256, 512),
+    ([5, 0, 0, 200], 512, 64),  # one k-tile: fewer k-tiles than pipeline stages
+    ([0, 0, 1], 256, 192),
+])
+def test_fc2_edge_split_sizes(sizes, n, k):
+    (aq, as_, adq), (bq, bs, bdq), offsets = _problem(sizes, n, k, spread=20)
+    y = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, _poison=True)
+    torch.cuda.synchronize()
+    assert y.shape == (sum(sizes), n) and y.dtype == torch.bfloat16
+    _check_gemm(y, adq, bdq, sizes, offsets)
+
+
+def test_fc2_random_experts():
+    sizes = random_sizes(48, 90, torch.Generator().manual_seed(3)).tolist()
+    (aq, as_, adq), (bq, bs, bdq), offsets = _problem(sizes, 768, 1024, seed=3)
+    _check_gemm(mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, _poison=True), adq, bdq, sizes, offsets)
+
+
+def test_no_tokens():
+    (aq, as_, _), (bq, bs, _), offsets = _problem([0, 0], 256, 256)
+    assert mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets).shape == (0, 256)
+    out = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, swiglu=True, h_bf16=True, h_row=True, h_col=True)
+    assert out["z"].shape == (0, 256) and out["h_row"][0].shape == (0, 128)
+
+
+def _h_reference(z, probs):
+    return swiglu(z.float(), probs).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("swizzled", [False, True])
+@pytest.mark.parametrize("with_probs", [True, False])
+@pytest.mark.parametrize("sizes,h,k", [
+    ([0, 1, 127, 128, 129, 0, 300, 31], 256, 512),
+    ([1, 0, 0, 0], 512, 256),
+])
+def test_fc1_swiglu_mxfp8(sizes, h, k, with_probs, swizzled):
+    n = 2 * h
+    (aq, as_, adq), (bq, bs, bdq), offsets = _problem(sizes, n, k, seed=5)
+    t = sum(sizes)
+    probs = torch.rand(t, device="cuda") if with_probs else None
+    out = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, swiglu=True, probs=probs, h_bf16=True, h_row=True,
+                               h_col=True, swizzled=swizzled, _poison=True)
+    torch.cuda.synchronize()
+    z = out["z"]
+    _check_gemm(z, adq, bdq, sizes, offsets)
+    # h: SwiGLU in fp32 of the stored bf16 z, as the unfused path computes it; exp may differ by
+    # an ulp of fp32 from torch's, which can move a bf16 rounding by one ulp
+    hk = out["h"]
+    assert not torch.isnan(hk).any()
+    href = _h_reference(z, probs)
+    diff = (hk.float() - href.float()).abs()
+    assert float((diff > 2.0**-7 * href.float().abs()).sum()) == 0, "h differs by more than one bf16 ulp"
+    assert float((hk != href).float().mean()) < 1e-3
+    # MXFP8 h, bit-exact vs the reference quantization of the kernel's bf16 h
+    sizes_t = torch.tensor(sizes, dtype=torch.int32)
+    row_ref = quantize(hk, -1)
+    col_ref = quantize(hk, 0, sizes_t)
+    hq_row, hs_row = out["h_row"]
+    hq_col, hs_col = out["h_col"]
+    assert torch.equal(hq_row.view(torch.uint8), row_ref.data.view(torch.uint8))
+    assert torch.equal(hq_col.view(torch.uint8), col_ref.data.view(torch.uint8))
+    if swizzled:
+        assert torch.equal(hs_row, swizzle_scales(row_ref.scale, sizes_t.cuda()))
+        assert torch.equal(hs_col, col_ref.scale_swizzled)
+    else:
+        assert torch.equal(hs_row, row_ref.scale)
+        assert torch.equal(hs_col, col_ref.scale)
+
+
+def test_fc1_many_experts_random():
+    sizes = random_sizes(128, 40, torch.Generator().manual_seed(7)).tolist()
+    (aq, as_, adq), (bq, bs, bdq), offsets = _problem(sizes, 512, 768, seed=7, spread=8)
+    out = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, swiglu=True, h_row=True, h_col=True, _poison=True)
+    _check_gemm(out["z"], adq, bdq, sizes, offsets)
+    href = _h_reference(out["z"], None)
+    col_ref = quantize(href, 0, torch.tensor(sizes, dtype=torch.int32))
+    # quantizing the reference h: equal except where an exp ulp moved a bf16 rounding
+    assert float((out["h_col"][0].view(torch.uint8) != col_ref.data.view(torch.uint8)).float().mean()) < 1e-3
+    assert torch.equal(out["h_col"][1] != 0xFF, torch.ones_like(col_ref.scale, dtype=torch.bool))
+
+
+def test_rejects_bad_operands():
+    (aq, as_, _), (bq, bs, _), offsets = _problem([3, 4], 256, 256)
+    with pytest.raises(ValueError, match="scales"):
+        mx_grouped_gemm_sm90(aq, as_[:, :4], bq, bs, offsets)
+    with pytest.raises(TypeError, match="float8"):
+        mx_grouped_gemm_sm90(aq.view(torch.uint8), as_, bq, bs, offsets)
+    with pytest.raises(ValueError, match="offsets"):
+        mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets[:2])
+    with pytest.raises(ValueError, match="swiglu"):
+        mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, h_row=True)
