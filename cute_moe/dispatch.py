@@ -15,8 +15,8 @@ MXFP8_UNFUSED = "mxfp8_unfused"
 BF16 = "bf16"
 REFERENCE = "reference"
 
-#: fused kernels that exist in this build (issue 3 adds SM90, a later one SM100)
-AVAILABLE_FUSED: frozenset = frozenset()
+#: fused kernels that exist in this build (SM90 forward; SM100 comes later)
+AVAILABLE_FUSED: frozenset = frozenset({FUSED_SM90})
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,12 @@ def decide(
         and hidden % 256 == 0
     )
     arch_path = FUSED_SM90 if cap == (9, 0) else FUSED_SM100 if cap[0] == 10 else None
-    if fused_ok and arch_path in AVAILABLE_FUSED:
-        return Decision(arch_path, f"MXFP8 recipe, K={k} and H={hidden} divisible by 256, bf16, cc {cap}", True)
-    if fused_ok and arch_path is not None:
+    if fused_ok and arch_path in AVAILABLE_FUSED and recipe.fused:
+        what = "CuTe DSL fused MXFP8 FC1+SwiGLU+MXFP8 h and FC2 grouped GEMMs (forward)" if arch_path == FUSED_SM90 else "fused kernels"
+        return Decision(arch_path, f"MXFP8 recipe, K={k} and H={hidden} divisible by 256, bf16, cc {cap}: {what}", True)
+    if fused_ok and arch_path is not None and not recipe.fused:
+        why = "the recipe asks for the unfused path (fused=False)"
+    elif fused_ok and arch_path is not None:
         why = f"fused {arch_path} kernels are not in this build yet"
     elif hidden is None:
         why = "a single grouped GEMM has no fused SwiGLU kernel"

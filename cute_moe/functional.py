@@ -7,6 +7,8 @@ operand is quantized / dequantized and how a grouped GEMM is computed.
   (or fp64 for the test oracle). One host read of the split sizes (a sync on CUDA).
 - ``_CudaOps``: CUDA, sm90+: CuTe DSL quantize kernels, exact dequantization to bf16 on the device,
   ``torch._grouped_mm`` (fp32 accumulate). No host syncs besides the optional input checks.
+- ``_FusedSm90Ops``: ``_CudaOps`` whose MLP forward runs the SM90 CuTe DSL MXFP8 kernels (FC1 +
+  SwiGLU + MXFP8 h, then FC2), dequantizing on chip: the same numerics, no bf16 copies of operands.
 
 Which one a call gets is :func:`cute_moe.dispatch.decide`'s choice. What is stored for backward:
 MXFP8 columnwise copies of ``x`` and ``h`` (1 byte/element + scales) and ``z`` in the activation
@@ -23,6 +25,13 @@ from . import dispatch
 from .quant import quantize
 from .quant.api import check_split_sizes_arg, exclusive_offsets, quantize_checked, split_size_checks_enabled
 from .quant.mxfp8 import MXFP8Tensor, dequantize_device
+
+
+def mx_grouped_gemm_sm90(*args, **kwargs):
+    # imported on first use: the DSL is slow to import and absent from CPU-only paths
+    from .kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90 as launch
+
+    return launch(*args, **kwargs)
 
 GLU_BLOCK = 32
 
@@ -132,7 +141,41 @@ class _CudaOps:
         return torch._grouped_mm(a.to(torch.bfloat16).t(), b.to(torch.bfloat16), offs=sizes[1][1:])
 
 
+class _FusedSm90Ops(_CudaOps):
+    """``_CudaOps`` with the SM90 fused forward: FC1 + SwiGLU + MXFP8 ``h`` (rowwise for FC2,
+    columnwise for FC2's wgrad) in one CuTe DSL kernel, FC2 on the MXFP8 operands in another; both
+    dequantize exactly on chip, so the numerics are the unfused path's. Backward is ``_CudaOps``'."""
+
+    fused_forward = True
+
+    def __init__(self):
+        super().__init__(mx=True)
+
+    @staticmethod
+    def _weight_mx(w):
+        """Q_row(W) as (e4m3 [E, N, K], plain scales [E, N, K/32])."""
+        e, n, k = w.shape
+        row, _ = quantize_checked(w.to(torch.bfloat16).reshape(e * n, k).contiguous(), True, False, None, None)
+        return row.data.view(e, n, k), row.scale.view(e, n, k // 32)
+
+    def fc1_swiglu(self, x_row, w1, probs, sizes, want_h_col):
+        """(bf16 z, MXFP8 rowwise h, MXFP8 columnwise h or None)."""
+        wq, ws = self._weight_mx(w1)
+        p = None if probs is None else probs.to(torch.float32).contiguous()
+        out = mx_grouped_gemm_sm90(x_row.data, x_row.scale, wq, ws, sizes[1], swiglu=True, probs=p, h_row=True,
+                                   h_col=want_h_col)
+        h_row = MXFP8Tensor(out["h_row"][0], -1, scale=out["h_row"][1], split_sizes=sizes[0])
+        h_col = MXFP8Tensor(out["h_col"][0], 0, scale=out["h_col"][1], split_sizes=sizes[0]) if want_h_col else None
+        return out["z"], h_row, h_col
+
+    def fc2(self, h_row, w2, sizes):
+        wq, ws = self._weight_mx(w2)
+        return mx_grouped_gemm_sm90(h_row.data, h_row.scale, wq, ws, sizes[1])
+
+
 def _ops_for(decision: dispatch.Decision, act_dtype: torch.dtype):
+    if decision.path == dispatch.FUSED_SM90:
+        return _FusedSm90Ops()
     if decision.path in (dispatch.BF16, dispatch.MXFP8_UNFUSED):
         return _CudaOps(decision.mxfp8)
     if decision.path == dispatch.REFERENCE:
@@ -201,10 +244,14 @@ class _GroupedMLPFn(torch.autograd.Function):
     def forward(ctx, x, w1, w2, probs, split_sizes, ops):
         sizes = ops.grouping(split_sizes, x.shape[0])
         x_row, x_col = ops.quant(x, sizes, row=True, col=w1.requires_grad)
-        z = ops.round_act(ops.gmm(ops.deq(x_row), ops.weight(w1), sizes).to(ops.dtype))
-        h = ops.round_act(swiglu(z.to(ops.dtype), probs))  # SwiGLU in fp32 from the stored z
-        h_row, h_col = ops.quant(h, sizes, row=True, col=w2.requires_grad)
-        y = ops.gmm(ops.deq(h_row), ops.weight(w2), sizes)
+        if getattr(ops, "fused_forward", False):
+            z, h_row, h_col = ops.fc1_swiglu(x_row, w1, probs, sizes, w2.requires_grad)
+            y = ops.fc2(h_row, w2, sizes)
+        else:
+            z = ops.round_act(ops.gmm(ops.deq(x_row), ops.weight(w1), sizes).to(ops.dtype))
+            h = ops.round_act(swiglu(z.to(ops.dtype), probs))  # SwiGLU in fp32 from the stored z
+            h_row, h_col = ops.quant(h, sizes, row=True, col=w2.requires_grad)
+            y = ops.gmm(ops.deq(h_row), ops.weight(w2), sizes)
         ctx.ops, ctx.sizes, ctx.x_col, ctx.h_col, ctx.x_dtype = ops, sizes, x_col, h_col, x.dtype
         ctx.save_for_backward(w1, w2, probs, z)  # z as stored: bf16 on CUDA, rounded like bf16 on the reference path
         return y.to(x.dtype)

@@ -17,12 +17,15 @@ from typing import Iterator, Optional
 
 @dataclass(frozen=True)
 class MXFP8BlockScaling:
-    """OCP MXFP8 (REFERENCE §1): E4M3 data, E8M0 scales, one scale per 32 elements, RCEIL."""
+    """OCP MXFP8 (REFERENCE §1): E4M3 data, E8M0 scales, one scale per 32 elements, RCEIL.
+
+    ``fused=False`` keeps eligible calls on the unfused MXFP8 path (same numerics; for A/B checks)."""
 
     data_format: str = "e4m3"
     scale_format: str = "e8m0"
     block_size: int = 32
     scale_rule: str = "rceil"
+    fused: bool = True
 
     def __post_init__(self):
         if (self.data_format, self.scale_format, self.block_size, self.scale_rule) != ("e4m3", "e8m0", 32, "rceil"):

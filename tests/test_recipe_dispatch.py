@@ -83,8 +83,14 @@ def test_dispatch_cuda_rules(monkeypatch, cap):
         odd = dispatch.decide(cuda, torch.bfloat16, 512, 512, hidden=96)
         fp32 = dispatch.decide(cuda, torch.float32, 512, 512, hidden=256)
         tiny = dispatch.decide(cuda, torch.bfloat16, 40, 40, hidden=32)
-    # the fused kernels are not in this build: the eligible call says so and runs unfused MXFP8
-    assert ok.path == dispatch.MXFP8_UNFUSED and "not in this build" in ok.reason
+    # SM90 fused kernels exist in this build, SM100 ones not yet: an eligible call says which
+    if cap == (9, 0):
+        assert ok.path == dispatch.FUSED_SM90 and "FC1+SwiGLU" in ok.reason
+    else:
+        assert ok.path == dispatch.MXFP8_UNFUSED and "not in this build" in ok.reason
+    with autocast(recipe=cute_moe.MXFP8BlockScaling(fused=False)):
+        opt_out = dispatch.decide(cuda, torch.bfloat16, 512, 512, hidden=256)
+    assert opt_out.path == dispatch.MXFP8_UNFUSED and "fused=False" in opt_out.reason
     assert odd.path == dispatch.MXFP8_UNFUSED and "256" in odd.reason
     assert fp32.path == dispatch.REFERENCE and fp32.mxfp8
     assert tiny.path == dispatch.REFERENCE

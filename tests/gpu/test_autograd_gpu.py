@@ -1,4 +1,4 @@
-"""GPU paths (unfused MXFP8 with the CuTe DSL quantize kernels; bf16) vs the fp64 oracle."""
+"""GPU paths (fused SM90 MXFP8, unfused MXFP8 with the CuTe DSL quantize kernels, bf16) vs the fp64 oracle."""
 
 import pytest
 import torch
@@ -11,17 +11,16 @@ from helpers import mlp_problem, oracle_linear, oracle_mlp, rel_err, run_mlp
 
 pytestmark = pytest.mark.gpu
 NAMES = ["y", "dx", "dw1", "dw2", "dprobs"]
+SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+UNFUSED = cute_moe.MXFP8BlockScaling(fused=False)
 
 
-@pytest.mark.parametrize("e,t_mean,k,h", [(6, 40, 256, 256), (4, 100, 512, 256), (3, 17, 256, 96)])
-def test_mxfp8_unfused_vs_oracle(e, t_mean, k, h):
-    sizes, x, w1, w2, p, dy = mlp_problem(e, t_mean, k, h, device="cuda", seed=e)
-    with autocast():
-        assert last_decision(x, w1, w2).path == dispatch.MXFP8_UNFUSED
-        got = run_mlp(grouped_mlp, x, w1, w2, sizes, p, dy)
+def _check_mx_vs_oracle(got, x, w1, w2, sizes, p, dy):
     want = oracle_mlp(x, w1, w2, sizes, p, dy)
     plain = oracle_mlp(x, w1, w2, sizes, p, dy, mx=False)
     for name, a, b, c in zip(NAMES, got, want, plain):
+        if a is None and b is None:  # no probs: no dprobs
+            continue
         assert torch.isfinite(a).all(), name
         # MXFP8 quantization is discontinuous: a bf16 rounding of z/h/dh that differs in the last
         # bit (GPU exp vs CPU, bf16 GEMM outputs) moves a few elements by one e4m3 step, ~1-2%
@@ -30,6 +29,32 @@ def test_mxfp8_unfused_vs_oracle(e, t_mean, k, h):
         assert rel_err(a, b) < 0.5 * rel_err(a, c), f"{name}: not MXFP8 numerics (no silent bf16 fallback)"
     zero = (sizes == 0).nonzero().flatten()
     assert bool((got[2][zero] == 0).all()) and bool((got[3][zero] == 0).all())
+
+
+@pytest.mark.parametrize("e,t_mean,k,h", [(6, 40, 256, 256), (4, 100, 512, 256), (3, 17, 256, 96)])
+def test_mxfp8_unfused_vs_oracle(e, t_mean, k, h):
+    sizes, x, w1, w2, p, dy = mlp_problem(e, t_mean, k, h, device="cuda", seed=e)
+    with autocast(recipe=UNFUSED):
+        assert last_decision(x, w1, w2).path == dispatch.MXFP8_UNFUSED
+        got = run_mlp(grouped_mlp, x, w1, w2, sizes, p, dy)
+    _check_mx_vs_oracle(got, x, w1, w2, sizes, p, dy)
+
+
+@pytest.mark.skipif(not SM90, reason="the fused forward kernels are SM90")
+@pytest.mark.parametrize("probs", [True, False])
+@pytest.mark.parametrize("e,t_mean,k,h", [(6, 40, 256, 256), (4, 100, 512, 512), (9, 150, 768, 256)])
+def test_mxfp8_fused_sm90_vs_oracle(e, t_mean, k, h, probs):
+    sizes, x, w1, w2, p, dy = mlp_problem(e, t_mean, k, h, device="cuda", seed=e, probs=probs)
+    with autocast():
+        assert last_decision(x, w1, w2).path == dispatch.FUSED_SM90
+        got = run_mlp(grouped_mlp, x, w1, w2, sizes, p, dy)
+    _check_mx_vs_oracle(got, x, w1, w2, sizes, p, dy)
+    # the same numerics as the unfused path: only accumulation order differs
+    with autocast(recipe=UNFUSED):
+        unfused = run_mlp(grouped_mlp, x, w1, w2, sizes, p, dy)
+    for name, a, b in zip(NAMES, got, unfused):
+        if a is not None:
+            assert rel_err(a, b) < 2e-2, name
 
 
 def test_bf16_path_vs_plain_oracle():
@@ -76,4 +101,7 @@ def test_explain_on_gpu():
     m = cute_moe.GroupedMLP(2, 256, 256, device="cuda")
     with autocast():
         msg = cute_moe.explain(x, m)
-    assert msg.startswith(dispatch.MXFP8_UNFUSED) and "not in this build" in msg
+    if SM90:
+        assert msg.startswith(dispatch.FUSED_SM90), msg
+    else:
+        assert msg.startswith(dispatch.MXFP8_UNFUSED) and "not in this build" in msg

@@ -238,14 +238,15 @@ def e4m3_to_bf16_scaled(words, code, *, loc=None, ip=None):
     leaves fp32's range; code 0 is the subnormal 2**-127, 0xFF is NaN) -> bf16 RN, exact for every
     result in bf16's normal range, which is what dequantizing to bf16 on the host gives."""
     n = len(words)
+    code_reg = f"${3 * n}"  # operands: 2n outputs, then the n words, then the code
     body = [
-        f"shl.b32 s, ${2 * n}, 23; setp.eq.u32 p, ${2 * n}, 0; selp.b32 s, 0x00400000, s, p;\n"
-        f"setp.eq.u32 p, ${2 * n}, 255; selp.b32 s, 0x7FC00000, s, p; mov.b32 sf, s;\n"
+        f"shl.b32 s, {code_reg}, 23; setp.eq.u32 p, {code_reg}, 0; selp.b32 s, 0x00400000, s, p;\n"
+        f"setp.eq.u32 p, {code_reg}, 255; selp.b32 s, 0x7FC00000, s, p; mov.b32 sf, s;\n"
     ]
     for k in range(n):
         for half in range(2):
             body.append(
-                f"mov.b32 {{b0, b1}}, ${n + k}; cvt.rn.f16x2.e4m3x2 hh, b{half};\n"
+                f"mov.b32 {{b0, b1}}, ${2 * n + k}; cvt.rn.f16x2.e4m3x2 hh, b{half};\n"
                 "mov.b32 {h0, h1}, hh; cvt.f32.f16 f0, h0; cvt.f32.f16 f1, h1;\n"
                 "mul.rn.f32 f0, f0, sf; mul.rn.f32 f1, f1, sf;\n"
                 f"cvt.rn.bf16x2.f32 ${2 * k + half}, f1, f0;\n"

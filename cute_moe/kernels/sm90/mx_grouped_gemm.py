@@ -223,10 +223,16 @@ class MXGroupedGemmSm90Kernel:
         acc.fill(0.0)
         tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
         buf = Int32(0)
+        # scale codes run one k-tile ahead in registers: an L2 round trip per k-tile would
+        # otherwise stall every warp right before its conversion
+        a0, a1 = [ld_global_u8(p) for p in a_sc]
+        b0, b1, b2, b3 = [ld_global_u8(p) for p in b_sc]
         for kt in cutlass.range(k_tiles, unroll=1):
-            # scale codes first: their latency hides behind the waits below
-            a_codes = [ld_global_u8(p + 2 * kt) for p in a_sc]
-            b_codes = [ld_global_u8(p + 2 * kt) for p in b_sc]
+            a_codes = [a0, a1]
+            b_codes = [b0, b1, b2, b3]
+            nxt = 2 * cutlass.min(kt + 1, k_tiles - 1)
+            a0, a1 = [ld_global_u8(p + nxt) for p in a_sc]
+            b0, b1, b2, b3 = [ld_global_u8(p + nxt) for p in b_sc]
             # this warpgroup's WGMMA kt-2 is done; with the barrier of the previous iteration that
             # covers both warpgroups' WGMMA kt-3, the last reader of buffer kt % 3
             cute.nvgpu.warpgroup.wait_group(1)
