@@ -237,8 +237,11 @@ class MXGroupedGemmSm90Kernel:
             # covers both warpgroups' WGMMA kt-3, the last reader of buffer kt % 3
             cute.nvgpu.warpgroup.wait_group(1)
             ab_pipe.consumer_wait(read)
-            self.convert(a8 + read.index * (TILE_M * TILE_K), a16 + buf * (TILE_M * TILE_K * 2), r0, kc, a_codes)
-            self.convert(b8 + read.index * (TILE_N * TILE_K), b16 + buf * (TILE_N * TILE_K * 2), r0, kc, b_codes)
+            # rows of a past the expert's end are never stored: not converting them leaves stale
+            # (finite or not) values in rows whose products no output reads
+            self.convert(a8 + read.index * (TILE_M * TILE_K), a16 + buf * (TILE_M * TILE_K * 2), r0, kc, a_codes, rows)
+            self.convert(b8 + read.index * (TILE_N * TILE_K), b16 + buf * (TILE_N * TILE_K * 2), r0, kc, b_codes,
+                         Int32(TILE_N))
             # generic-proxy smem writes -> visible to WGMMA (async proxy), then to every warp
             cute.arch.fence_proxy("async.shared", space="cta")
             cute.arch.sync_threads()
@@ -247,10 +250,11 @@ class MXGroupedGemmSm90Kernel:
             if warp == 0 and prod.count < k_tiles:
                 self.load_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
                 prod.advance()
-            cute.nvgpu.warpgroup.fence()
-            for k in cutlass.range(k_blocks, unroll_full=True):
-                cute.gemm(tiled_mma, acc, tCrA[(None, None, k, buf)], tCrB[(None, None, k, buf)], acc)
-            cute.nvgpu.warpgroup.commit_group()
+            if wg * 64 < rows:  # a warpgroup whose 64 rows are all past the expert's end idles
+                cute.nvgpu.warpgroup.fence()
+                for k in cutlass.range(k_blocks, unroll_full=True):
+                    cute.gemm(tiled_mma, acc, tCrA[(None, None, k, buf)], tCrB[(None, None, k, buf)], acc)
+                cute.nvgpu.warpgroup.commit_group()
             buf = buf + 1
             if buf == BF16_BUFS:
                 buf = Int32(0)
@@ -260,16 +264,17 @@ class MXGroupedGemmSm90Kernel:
         self.store_acc_bf16(acc, tiled_mma, storage, out, row0, rows, n_tile, tidx)
 
     @cute.jit
-    def convert(self, src: Int32, dst: Int32, r0: Int32, kc: Int32, codes: list):
+    def convert(self, src: Int32, dst: Int32, r0: Int32, kc: Int32, codes: list, rows: Int32):
         """e4m3 stage (rows of 64 bytes) -> bf16 buffer (rows of 128 bytes, 16-byte chunk c of row
-        r at ``c ^ (r % 8)``: the 128-byte swizzle WGMMA reads)."""
+        r at ``c ^ (r % 8)``: the 128-byte swizzle WGMMA reads); rows >= ``rows`` are skipped."""
         for i in cutlass.range_constexpr(len(codes)):
             r = r0 + 64 * i
-            w = ld_shared(src + r * TILE_K + kc * CHUNK, 4)
-            v = e4m3_to_bf16_scaled(w, codes[i])
-            sw = r % 8
-            st_shared(dst + r * 128 + ((2 * kc) ^ sw) * 16, v[0:4])
-            st_shared(dst + r * 128 + ((2 * kc + 1) ^ sw) * 16, v[4:8])
+            if r < rows:
+                w = ld_shared(src + r * TILE_K + kc * CHUNK, 4)
+                v = e4m3_to_bf16_scaled(w, codes[i])
+                sw = r % 8
+                st_shared(dst + r * 128 + ((2 * kc) ^ sw) * 16, v[0:4])
+                st_shared(dst + r * 128 + ((2 * kc + 1) ^ sw) * 16, v[4:8])
 
     @cute.jit
     def store_acc_bf16(self, acc, tiled_mma, storage, out, row0, rows, n_tile, tidx):
