@@ -158,3 +158,22 @@ def test_rejects_bad_operands():
         mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets[:2])
     with pytest.raises(ValueError, match="swiglu"):
         mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, h_row=True)
+
+
+def test_dequantization_every_e4m3_byte_and_edge_codes():
+    """y = a @ I: every e4m3 byte under E8M0 codes from 0 (2^-127) to 246, and 134/135 where the
+    on-chip dequantization switches multipliers, must come out as bf16(q * 2^(E-127)) exactly."""
+    from cute_moe.quant.mxfp8 import dequantize
+
+    codes = torch.tensor([0, 1, 7, 50, 119, 120, 126, 127, 128, 133, 134, 135, 136, 200, 240, 246])
+    t, k = 32, 256
+    data = (torch.arange(k)[None, :] + torch.arange(t)[:, None]) % 256
+    data[(data & 0x7F) == 0x7F] = 0x7E  # e4m3 NaN bytes appear only under a NaN scale
+    a_q = data.to(torch.uint8).view(torch.float8_e4m3fn).cuda()
+    a_s = codes[(torch.arange(t)[:, None] + torch.arange(k // 32)[None, :]) % len(codes)].to(torch.uint8).cuda()
+    eye = torch.eye(k, dtype=torch.bfloat16)
+    b_q, b_s, _ = _mx(eye[None].cuda())
+    offsets = exclusive_offsets(torch.tensor([t], dtype=torch.int32, device="cuda"))
+    y = mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, _poison=True)
+    want = dequantize(a_q.cpu(), a_s.cpu(), dtype=torch.float64).to(torch.float32).to(torch.bfloat16)
+    assert torch.equal(y.cpu().view(torch.int16), want.view(torch.int16))

@@ -1,0 +1,446 @@
+"""CuTe DSL MXFP8 grouped GEMM for Hopper, with the FC1 (SwiGLU + MXFP8 out) and FC2 (bf16 out)
+epilogues: ``acc[t] = dq(a_row)[t] @ dq(b_row)[e(t)].T`` for tokens sorted by expert.
+
+Hopper has no block-scaled MMA (REFERENCE §6), so operands travel as e4m3 bytes (half of bf16's
+traffic) and are dequantized exactly to bf16 on chip, then multiplied by BF16 WGMMA with fp32
+accumulation. One kernel per static configuration (N, K, epilogue flags); T, E and the split sizes
+(``offsets``, E+1 int32 on the device) are runtime values: routing changes never recompile.
+
+How the work is laid out, and why:
+- A CTA owns one *placed* 128-row M tile (REFERENCE §2 grouped placement: expert e's tiles start at
+  ``offsets[e] // 128 + e``) by 256 columns of N; the grid (N / 256, ceil(T/128) + E - 1) is known
+  on the host without reading ``offsets``. Gap tiles and empty experts never touch ``b``.
+- TMA loads 128x64 e4m3 tiles of ``a_row`` (rows from ``offsets[e] + 128 * local``; TMA boxes start
+  at any row) and 256x64 of ``b_row[e]`` into a 3-stage ``PipelineTmaAsync`` ring, plain row-major
+  (64-byte rows: a quarter-warp's 16-byte reads cover 128 contiguous bytes, no bank conflicts).
+- MX -> bf16 (the "transform" step): all 256 threads convert the stage into one of three bf16
+  buffers in WGMMA's 128-byte-swizzled K-major layout. Each thread owns 16-byte chunks (16 values,
+  one E8M0 code, read from the plain ``[rows, K/32]`` scale arrays through the read-only cache):
+  e4m3 -> f16 (hardware) -> f32 -> times 2^(E-127) -> bf16, exact. Then one CTA barrier, and the two
+  warpgroups issue 64x256x16 WGMMAs on that buffer while the next stage converts: WGMMA k-tile kt
+  runs under conversion kt+1. Three buffers let one barrier per k-tile suffice: buffer kt % 3 was
+  last read by WGMMA kt-3, which ``wait_group(1)`` retired before the previous barrier.
+- Epilogue: accumulators -> bf16 -> shared memory by stmatrix (rows padded to 528 bytes: no bank
+  conflicts), then 16-byte stores of the tile's rows that belong to the expert (a TMA store would
+  overwrite the next expert's rows). That is ``y`` (FC2) or ``z`` (FC1).
+- FC1 only: from the staged bf16 ``z``, ``h = p * silu(g) * u`` (REFERENCE §3 interleave: a 256-column
+  tile holds 4 gate/up pairs of 32 columns -> 128 columns of ``h``), rounded to bf16 exactly like the
+  unfused path (SwiGLU of the stored bf16 ``z`` in fp32), staged as the quantize kernel's 128x128 tile,
+  then quantized by the shared tile passes: warpgroup 0 rowwise, warpgroup 1 columnwise (per-expert
+  32-row blocks), at the same time. Gap tiles still write their padding scale codes.
+"""
+
+from __future__ import annotations
+
+import cuda.bindings.driver as cuda
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils.hopper_helpers as sm90_utils
+import torch
+from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
+
+from ...quant.layout import grouped_tiles
+from ..common.placement import MAX_EXPERTS, TILE_TOKENS, find_expert
+from ..common.ptx import bf16x2_to_f32, e4m3_to_bf16_scaled, f32_to_bf16x2, ld_global_u8, ld_shared, st_global, st_shared
+from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
+from ..common.quantize_tile import TILE_COLS as H_TILE_COLS
+from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise
+from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
+
+import os
+EXP = os.environ.get("EXP", "")
+TILE_M = TILE_TOKENS
+TILE_N = 256  # FC1: 4 gate/up pairs -> the 128 h columns of one quantize tile
+TILE_K = 64  # 64 e4m3 = one 64-byte stage row; 64 bf16 = one 128-byte swizzle atom
+WARPGROUPS = 2
+THREADS = 128 * WARPGROUPS
+STAGES = 3  # e4m3 TMA ring: 3 x 24 KB
+BF16_BUFS = 3  # bf16 WGMMA operands: 3 x 48 KB (see the module docstring)
+GLU = 32
+OUT_ROW_BYTES = TILE_N * 2 + 16  # staged bf16 output rows; +16 spreads stmatrix rows over banks
+CHUNK = 16  # bytes of e4m3 per conversion chunk
+
+
+class MXGroupedGemmSm90Kernel:
+    """See the module docstring. ``swiglu=False``: FC2 (bf16 ``out`` only). ``swiglu=True``: FC1,
+    ``out`` is bf16 ``z`` and the flags say which of ``h`` bf16 / MXFP8 rowwise / MXFP8 columnwise
+    are written; ``probs`` (fp32 [T]) scales ``h`` when ``with_probs``."""
+
+    threads = THREADS
+
+    def __init__(self, n: int, k: int, swiglu: bool = False, with_probs: bool = False, h_bf16: bool = False,
+                 h_row: bool = False, h_col: bool = False, swizzled: bool = False):
+        if k <= 0 or k % TILE_K:
+            raise ValueError(f"K must be a positive multiple of {TILE_K}, got {k}")
+        if n <= 0 or n % TILE_N:
+            raise ValueError(f"N must be a positive multiple of {TILE_N}, got {n}")
+        if not swiglu and (with_probs or h_bf16 or h_row or h_col):
+            raise ValueError("probs and h outputs need the SwiGLU epilogue")
+        self.n, self.k = n, k
+        self.swiglu, self.with_probs, self.h_bf16, self.h_row, self.h_col, self.swizzled = (
+            swiglu, with_probs, h_bf16, h_row, h_col, swizzled)
+        self.hidden = n // 2
+        self.k_tiles = k // TILE_K
+        self.tile_mnk = (TILE_M, TILE_N, TILE_K)
+
+    @cute.jit
+    def __call__(self, a: cute.Pointer, a_scale: cute.Pointer, b: cute.Pointer, b_scale: cute.Pointer,
+                 offsets: cute.Pointer, out: cute.Pointer, probs: cute.Pointer, h: cute.Pointer,
+                 hq_row: cute.Pointer, hs_row: cute.Pointer, hq_col: cute.Pointer, hs_col: cute.Pointer,
+                 tokens: Int32, num_experts: Int32, num_tiles: Int32, stream: cuda.CUstream):
+        N, K = self.n, self.k
+        row = cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
+        a8_smem = cute.make_layout((TILE_M, TILE_K, STAGES), stride=(TILE_K, 1, TILE_M * TILE_K))
+        b8_smem = cute.make_layout((TILE_N, TILE_K, STAGES), stride=(TILE_K, 1, TILE_N * TILE_K))
+        a16_smem = sm90_utils.make_smem_layout_a(row, self.tile_mnk, BFloat16, BF16_BUFS)
+        b16_smem = sm90_utils.make_smem_layout_b(row, self.tile_mnk, BFloat16, BF16_BUFS)
+        tiled_mma = sm90_utils.make_trivial_tiled_mma(
+            BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
+            Float32, (WARPGROUPS, 1, 1), tiler_mn=(64, TILE_N))
+
+        # TMA over the e4m3 bytes: a as [T, K] (rows >= T read as zeros), b as (N, K, E)
+        mA = cute.make_tensor(a, cute.make_layout((tokens, K), stride=(K, 1)))
+        mB = cute.make_tensor(b, cute.make_layout((N, K, num_experts), stride=(K, 1, N * K)))
+        g2s = cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp()
+        tma_a, tma_mA = cute.nvgpu.cpasync.make_tiled_tma_atom(
+            g2s, mA, cute.slice_(a8_smem, (None, None, 0)), (TILE_M, TILE_K))
+        tma_b, tma_mB = cute.nvgpu.cpasync.make_tiled_tma_atom(
+            g2s, mB, cute.slice_(b8_smem, (None, None, 0)), (TILE_N, TILE_K))
+
+        @cute.struct
+        class SharedStorage:
+            bars: cute.struct.MemRange[cutlass.Int64, STAGES * 2]
+            sA8: cute.struct.Align[cute.struct.MemRange[Uint8, cute.cosize(a8_smem)], 1024]
+            sB8: cute.struct.Align[cute.struct.MemRange[Uint8, cute.cosize(b8_smem)], 1024]
+            sA16: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(a16_smem)], 1024]
+            sB16: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b16_smem)], 1024]
+
+        self.shared_storage = SharedStorage
+        self.kernel(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, offsets, out, probs, h, hq_row, hs_row,
+                    hq_col, hs_col, tokens, num_experts, num_tiles, tiled_mma, a8_smem, b8_smem, a16_smem,
+                    b16_smem).launch(grid=[N // TILE_N, num_tiles, 1], block=[THREADS, 1, 1], stream=stream)
+
+    @cute.kernel
+    def kernel(self, tma_a: cute.CopyAtom, tma_mA: cute.Tensor, tma_b: cute.CopyAtom, tma_mB: cute.Tensor,
+               a_scale: cute.Pointer, b_scale: cute.Pointer, offsets: cute.Pointer, out: cute.Pointer,
+               probs: cute.Pointer, h: cute.Pointer, hq_row: cute.Pointer, hs_row: cute.Pointer,
+               hq_col: cute.Pointer, hs_col: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32,
+               tiled_mma: cute.TiledMma, a8_smem: cute.Layout, b8_smem: cute.Layout,
+               a16_smem: cute.ComposedLayout, b16_smem: cute.ComposedLayout):
+        tidx, _, _ = cute.arch.thread_idx()
+        n_tile, tile, _ = cute.arch.block_idx()
+        warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        lane = tidx % 32
+
+        # ---- which expert and rows this placed tile holds
+        e, tok0, tok1 = find_expert(offsets, num_experts, tile, lane)
+        row0 = tok0 + (tile - (tok0 // TILE_M + e)) * TILE_M
+        rows = cutlass.max(cutlass.min(tok1 - row0, Int32(TILE_M)), Int32(0))  # 0: gap tile / empty expert
+
+        smem = cutlass.memory.SmemAllocator()
+        storage = smem.allocate(self.shared_storage)
+        # epilogue staging reuses the operand buffers: bf16 out tile in the bf16 B buffers (96 KB),
+        # the h tile in the e4m3 B ring (48 KB)
+        out_stage = storage.sB16.data_ptr().toint()
+        h_stage = storage.sB8.data_ptr().toint()
+        if rows > 0:
+            self.mainloop_and_store(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows,
+                                    n_tile, tidx, warp, storage, tiled_mma, a8_smem, b8_smem, a16_smem, b16_smem)
+            if cutlass.const_expr(self.swiglu):
+                self.swiglu_epilogue(probs, h, out_stage, h_stage, row0, rows, n_tile, tidx)
+        if cutlass.const_expr(self.swiglu and (self.h_row or self.h_col)):
+            # every placed tile, gap tiles included, writes its scale bytes (padding codes for rows
+            # it does not hold); with rows == 0 nothing else is stored and the staged bytes are unused
+            wg = tidx // 128
+            if wg == 0:
+                if cutlass.const_expr(self.h_row):
+                    quantize_tile_rowwise(h_stage, hq_row, hs_row, tile, n_tile, row0, rows, tidx, self.hidden,
+                                          self.swizzled)
+            else:
+                if cutlass.const_expr(self.h_col):
+                    quantize_tile_colwise(h_stage, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, tidx - 128,
+                                          self.hidden, True, self.swizzled)
+
+    @cute.jit
+    def mainloop_and_store(self, tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows, n_tile,
+                           tidx, warp, storage, tiled_mma, a8_smem, b8_smem, a16_smem, b16_smem):
+        K = self.k
+        if warp == 0:
+            cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
+            cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
+        sA8 = storage.sA8.get_tensor(a8_smem)
+        sB8 = storage.sB8.get_tensor(b8_smem)
+        sA16 = storage.sA16.get_tensor(a16_smem.outer, swizzle=a16_smem.inner)
+        sB16 = storage.sB16.get_tensor(b16_smem.outer, swizzle=b16_smem.inner)
+
+        # ---- TMA: this tile's 64-wide k-slices of a (from row0) and b[e] (from n_tile)
+        gA = cute.local_tile(cute.domain_offset((row0, 0), tma_mA), (TILE_M, TILE_K), (0, None))
+        gB = cute.local_tile(tma_mB[None, None, e], (TILE_N, TILE_K), (n_tile, None))
+        tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(
+            tma_a, 0, cute.make_layout(1), cute.group_modes(sA8, 0, 2), cute.group_modes(gA, 0, 2))
+        tBsB, tBgB = cute.nvgpu.cpasync.tma_partition(
+            tma_b, 0, cute.make_layout(1), cute.group_modes(sB8, 0, 2), cute.group_modes(gB, 0, 2))
+        ab_pipe = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.bars.data_ptr(),
+            num_stages=STAGES,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, THREADS // 32),
+            tx_count=(TILE_M + TILE_N) * TILE_K,
+            cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)),
+        )
+        k_tiles = self.k_tiles
+        prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, STAGES)
+        if warp == 0:
+            for _ in cutlass.range(min(STAGES, k_tiles), unroll=1):
+                self.load_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                prod.advance()
+
+        # ---- MMA partitions: warpgroup g owns rows 64g .. 64g+63 of the tile
+        wg = cute.arch.make_warp_uniform(tidx // 128)
+        thr_mma = tiled_mma.get_slice(wg * 128)
+        tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA16))
+        tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB16))
+        acc = cute.make_rmem_tensor(thr_mma.partition_C(cute.make_identity_tensor((TILE_M, TILE_N))).shape, Float32)
+        k_blocks = cute.size(tCrA, mode=[2])
+
+        # ---- conversion ownership: thread t converts the 16-byte chunk (t % 4) of rows t // 4 + 64 i
+        kc = tidx % 4
+        r0 = tidx // 4
+        kb = K // 32
+        a8 = storage.sA8.data_ptr().toint()
+        b8 = storage.sB8.data_ptr().toint()
+        a16 = storage.sA16.data_ptr().toint()
+        b16 = storage.sB16.data_ptr().toint()
+        a_sc = []
+        for i in cutlass.range_constexpr(TILE_M // 64):
+            # rows past T hold TMA zeros; any in-bounds scale byte serves them
+            r = cutlass.min(row0 + r0 + 64 * i, tokens - 1)
+            a_sc.append(a_scale.toint() + Int64(r) * kb + kc // 2)
+        b_sc = []
+        for i in cutlass.range_constexpr(TILE_N // 64):
+            b_sc.append(b_scale.toint() + (Int64(e) * self.n + n_tile * TILE_N + r0 + 64 * i) * kb + kc // 2)
+
+        read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, STAGES)
+        acc.fill(0.0)
+        tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        buf = Int32(0)
+        # scale codes run one k-tile ahead in registers: an L2 round trip per k-tile would
+        # otherwise stall every warp right before its conversion
+        a0, a1 = [ld_global_u8(p) for p in a_sc]
+        b0, b1, b2, b3 = [ld_global_u8(p) for p in b_sc]
+        for kt in cutlass.range(k_tiles, unroll=1):
+            a_codes = [a0, a1]
+            b_codes = [b0, b1, b2, b3]
+            nxt = 2 * cutlass.min(kt + 1, k_tiles - 1)
+            a0, a1 = [ld_global_u8(p + nxt) for p in a_sc]
+            b0, b1, b2, b3 = [ld_global_u8(p + nxt) for p in b_sc]
+            # this warpgroup's WGMMA kt-2 is done; with the barrier of the previous iteration that
+            # covers both warpgroups' WGMMA kt-3, the last reader of buffer kt % 3
+            cute.nvgpu.warpgroup.wait_group(1)
+            ab_pipe.consumer_wait(read)
+            # rows of a past the expert's end are never stored: not converting them leaves stale
+            # (finite or not) values in rows whose products no output reads
+            if cutlass.const_expr(EXP != "noconv"):
+              self.convert(a8 + read.index * (TILE_M * TILE_K), a16 + buf * (TILE_M * TILE_K * 2), r0, kc, a_codes, rows)
+              self.convert(b8 + read.index * (TILE_N * TILE_K), b16 + buf * (TILE_N * TILE_K * 2), r0, kc, b_codes,
+                         Int32(TILE_N))
+            # generic-proxy smem writes -> visible to WGMMA (async proxy), then to every warp
+            cute.arch.fence_proxy("async.shared", space="cta")
+            cute.arch.sync_threads()
+            ab_pipe.consumer_release(read)
+            read.advance()
+            if warp == 0 and prod.count < k_tiles:
+                self.load_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                prod.advance()
+            if cutlass.const_expr(EXP != "nomma") and wg * 64 < rows:  # a warpgroup whose 64 rows are all past the expert's end idles
+                cute.nvgpu.warpgroup.fence()
+                for k in cutlass.range(k_blocks, unroll_full=True):
+                    cute.gemm(tiled_mma, acc, tCrA[(None, None, k, buf)], tCrB[(None, None, k, buf)], acc)
+                cute.nvgpu.warpgroup.commit_group()
+            buf = buf + 1
+            if buf == BF16_BUFS:
+                buf = Int32(0)
+        cute.nvgpu.warpgroup.wait_group(0)
+        # every warp is past its last WGMMA: the operand buffers can hold the output tile
+        cute.arch.sync_threads()
+        self.store_acc_bf16(acc, tiled_mma, storage, out, row0, rows, n_tile, tidx)
+
+    @cute.jit
+    def convert(self, src: Int32, dst: Int32, r0: Int32, kc: Int32, codes: list, rows: Int32):
+        """e4m3 stage (rows of 64 bytes) -> bf16 buffer (rows of 128 bytes, 16-byte chunk c of row
+        r at ``c ^ (r % 8)``: the 128-byte swizzle WGMMA reads); rows >= ``rows`` are skipped."""
+        for i in cutlass.range_constexpr(len(codes)):
+            r = r0 + 64 * i
+            if r < rows:
+                w = ld_shared(src + r * TILE_K + kc * CHUNK, 4)
+                v = e4m3_to_bf16_scaled(w, codes[i])
+                sw = r % 8
+                st_shared(dst + r * 128 + ((2 * kc) ^ sw) * 16, v[0:4])
+                st_shared(dst + r * 128 + ((2 * kc + 1) ^ sw) * 16, v[4:8])
+
+    @cute.jit
+    def store_acc_bf16(self, acc, tiled_mma, storage, out, row0, rows, n_tile, tidx):
+        """Accumulators -> bf16 tile staged in shared memory (stmatrix) -> the expert's rows of
+        ``out`` [T, N] (16-byte stores). The staged tile stays for the SwiGLU epilogue."""
+        s_out = cute.make_tensor(storage.sB16.data_ptr(),
+                                 cute.make_layout((TILE_M, TILE_N), stride=(OUT_ROW_BYTES // 2, 1)))
+        st_atom = sm90_utils.get_smem_store_op(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR, BFloat16, Float32)
+        r2s = cute.make_tiled_copy_S(st_atom, cute.make_tiled_copy_C_atom(st_atom, tiled_mma))
+        thr_r2s = r2s.get_slice(tidx)
+        tRS_acc = r2s.retile(acc)
+        # converted in the accumulator's order, then viewed in the copy's (V, M, N) shape: both are
+        # compact and stmatrix takes the next 8 accumulators per thread, so linear order carries over
+        o_regs = cute.make_rmem_tensor_like(tRS_acc, BFloat16)
+        o_regs.store(tRS_acc.load().to(BFloat16))
+        tRS_o = cute.make_tensor(o_regs.iterator, cute.make_layout(thr_r2s.partition_S(s_out).shape))
+        cute.copy(r2s, tRS_o, thr_r2s.partition_D(s_out))
+        cute.arch.sync_threads()
+        stage = storage.sB16.data_ptr().toint()
+        per_row = TILE_N * 2 // 16  # 16-byte chunks per row
+        ch = tidx % per_row
+        base = out.toint() + (Int64(row0) * self.n + n_tile * TILE_N + ch * 8) * 2
+        for p in cutlass.range_constexpr(TILE_M * per_row // THREADS):
+            r = tidx // per_row + p * (THREADS // per_row)
+            w = ld_shared(stage + r * OUT_ROW_BYTES + ch * 16, 4)
+            st_global(base + Int64(r) * (self.n * 2), w, r < rows)
+
+    @cute.jit
+    def swiglu_epilogue(self, probs, h, z_stage, h_stage, row0, rows, n_tile, tidx):
+        """Staged bf16 z (256 columns = 4 gate/up pairs) -> h = p * silu(g) * u, bf16, into the
+        128x128 quantize tile (rows past ``rows`` zeroed); optionally stored as bf16 ``h``."""
+        blk = (tidx // 4) % 4  # which gate/up pair
+        c8 = tidx % 4  # which 8 of its 32 columns
+        for i in cutlass.range_constexpr(TILE_M // 16):
+            r = tidx // 16 + 16 * i
+            g = ld_shared(z_stage + r * OUT_ROW_BYTES + (blk * 2 * GLU + c8 * 8) * 2, 4)
+            u = ld_shared(z_stage + r * OUT_ROW_BYTES + (blk * 2 * GLU + GLU + c8 * 8) * 2, 4)
+            valid = r < rows
+            p = Float32(1.0)
+            if cutlass.const_expr(self.with_probs):
+                if valid:
+                    p = cute.make_tensor(probs + (row0 + r), cute.make_layout(1))[0]
+            hw = []
+            for j in cutlass.range_constexpr(4):
+                gf = bf16x2_to_f32(g[j])
+                uf = bf16x2_to_f32(u[j])
+                hv = []
+                for q in cutlass.range_constexpr(2):
+                    # the reference's order: silu(g) * u, then * p (fp32, IEEE exp and divide)
+                    s = gf[q] / (Float32(1.0) + cute.math.exp(-gf[q], fastmath=False))
+                    v = s * uf[q]
+                    if cutlass.const_expr(self.with_probs):
+                        v = v * p
+                    hv.append(v)
+                hw.append(Uint32(cutlass.select_(valid, f32_to_bf16x2(hv[0], hv[1]), Uint32(0))))
+            st_shared(h_stage + r * H_ROW_BYTES + (blk * GLU + c8 * 8) * 2, hw)
+        cute.arch.sync_threads()
+        if cutlass.const_expr(self.h_bf16):
+            per_row = H_TILE_COLS * 2 // 16
+            ch = tidx % per_row
+            base = h.toint() + (Int64(row0) * self.hidden + n_tile * H_TILE_COLS + ch * 8) * 2
+            for q in cutlass.range_constexpr(TILE_M * per_row // THREADS):
+                r = tidx // per_row + q * (THREADS // per_row)
+                st_global(base + Int64(r) * (self.hidden * 2), ld_shared(h_stage + r * H_ROW_BYTES + ch * 16, 4), r < rows)
+
+    @cute.jit
+    def load_stage(self, ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB):
+        """Producer (warp 0; the atoms elect one thread): wait for a free stage, arm its full
+        barrier with the byte count, issue both TMA loads of k-tile ``prod.count``."""
+        ab_pipe.producer_acquire(prod)
+        bar = ab_pipe.producer_get_barrier(prod)
+        cute.copy(tma_a, tAgA[(None, prod.count)], tAsA[(None, prod.index)], tma_bar_ptr=bar)
+        cute.copy(tma_b, tBgB[(None, prod.count)], tBsB[(None, prod.index)], tma_bar_ptr=bar)
+        ab_pipe.producer_commit(prod)
+
+
+# --- host side --------------------------------------------------------------------------------
+
+def _placeholder_args():
+    u8 = Uint8
+    # a, a_scale, b, b_scale, offsets, out, probs, h, hq_row, hs_row, hq_col, hs_col, T, E, tiles, stream
+    return (gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(Int32), gmem_ptr(BFloat16),
+            gmem_ptr(Float32), gmem_ptr(BFloat16), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8),
+            Int32(1), Int32(1), Int32(1), stream_arg())
+
+
+def compiled_mx_grouped_gemm_kernel(n, k, flags=(False,) * 6, arch=None, keep_ptx=False):
+    """``flags`` = (swiglu, with_probs, h_bf16, h_row, h_col, swizzled)."""
+    flags = tuple(bool(f) for f in flags)
+    return compile_kernel(("mx_exp", EXP, n, k, flags), lambda: MXGroupedGemmSm90Kernel(n, k, *flags),
+                          _placeholder_args(), arch or target_arch(), keep_ptx)
+
+
+def _check_mx_operand(q, s, shape, name):
+    if q.dtype != torch.float8_e4m3fn:
+        raise TypeError(f"{name} data must be float8_e4m3fn, got {q.dtype}")
+    if tuple(q.shape) != tuple(shape) or not q.is_contiguous():
+        raise ValueError(f"{name} data must be a contiguous {list(shape)} tensor, got {tuple(q.shape)}")
+    want = (*shape[:-1], shape[-1] // 32)
+    if s.dtype != torch.uint8 or tuple(s.shape) != want or not s.is_contiguous():
+        raise ValueError(f"{name} scales must be contiguous uint8 {list(want)} (plain rowwise layout), got "
+                         f"{s.dtype} {tuple(s.shape)}")
+
+
+def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=None, h_bf16=False, h_row=False,
+                         h_col=False, swizzled=False, _poison=None):
+    """Launch the SM90 MXFP8 grouped GEMM on rowwise MXFP8 operands (plain scales).
+
+    a_q e4m3 [T, K] with a_s uint8 [T, K/32]; b_q e4m3 [E, N, K] with b_s [E, N, K/32]; offsets
+    int32 [E+1] on the device (exclusive cumsum of split sizes, ``offsets[E] == T``; not read here).
+    Returns ``out`` bf16 [T, N] (FC2: y) when ``swiglu`` is False; else a dict with ``z`` [T, N] and,
+    as asked, ``h`` bf16 [T, N/2], ``h_row`` / ``h_col`` as (data, scales) of the MXFP8 ``h``
+    (columnwise blocks per expert; plain or swizzled scales).
+    ``_poison``: tests set it to fill every output first (bf16 NaN, bytes 0xFF: values finite inputs
+    never produce), so that anything not written shows up.
+    """
+    if offsets.dtype != torch.int32 or offsets.dim() != 1:
+        raise TypeError(f"offsets must be a 1-D int32 tensor, got {offsets.dtype} {tuple(offsets.shape)}")
+    if a_q.dim() != 2 or b_q.dim() != 3:
+        raise ValueError(f"a must be [T, K] and b [E, N, K], got {tuple(a_q.shape)} and {tuple(b_q.shape)}")
+    tokens, k = a_q.shape
+    num_experts, n, _ = b_q.shape
+    _check_mx_operand(a_q, a_s, (tokens, k), "a")
+    _check_mx_operand(b_q, b_s, (num_experts, n, k), "b")
+    if offsets.shape[0] != num_experts + 1:
+        raise ValueError(f"offsets must have E+1 = {num_experts + 1} entries, got {offsets.shape[0]}")
+    if k % TILE_K or n % TILE_N:
+        raise ValueError(f"K must be a multiple of {TILE_K} and N of {TILE_N}, got K={k}, N={n}")
+    if num_experts > MAX_EXPERTS:
+        raise ValueError(f"at most {MAX_EXPERTS} experts, got {num_experts}")
+    if probs is not None and (probs.dtype != torch.float32 or tuple(probs.shape) != (tokens,)):
+        raise ValueError(f"probs must be fp32 [T={tokens}], got {probs.dtype} {tuple(probs.shape)}")
+    if not swiglu and (probs is not None or h_bf16 or h_row or h_col):
+        raise ValueError("probs and h outputs need swiglu=True")
+    dev = a_q.device
+    tiles = grouped_tiles(tokens, num_experts)
+    hidden = n // 2
+
+    def alloc(shape, dtype):
+        t = torch.empty(shape, dtype=dtype, device=dev)
+        return t if not _poison else t.fill_(float("nan") if dtype == torch.bfloat16 else 0xFF)
+
+    out = alloc((tokens, n), torch.bfloat16)
+    h = alloc((tokens, hidden), torch.bfloat16) if h_bf16 else None
+    hq_row = hs_row = hq_col = hs_col = None
+    if h_row:
+        hq_row = alloc((tokens, hidden), torch.uint8)
+        hs_row = alloc((tiles * TILE_TOKENS, hidden // 32) if swizzled else (tokens, hidden // 32), torch.uint8)
+    if h_col:
+        hq_col = alloc((tokens, hidden), torch.uint8)
+        hs_col = alloc((hidden, 4 * tiles) if swizzled else (4 * tiles, hidden), torch.uint8)
+    if tokens > 0 and tiles > 0:
+        if tiles > 65535:  # placed tiles run along grid y
+            raise ValueError(f"{tokens} tokens over {num_experts} experts need {tiles} M tiles, more than 65535")
+        flags = (swiglu, probs is not None, h_bf16, h_row, h_col, swizzled)
+        kern = compiled_mx_grouped_gemm_kernel(n, k, flags, target_arch(dev))
+        u8 = Uint8
+        kern(gmem_ptr(u8, a_q), gmem_ptr(u8, a_s), gmem_ptr(u8, b_q), gmem_ptr(u8, b_s), gmem_ptr(Int32, offsets),
+             gmem_ptr(BFloat16, out), gmem_ptr(Float32, probs), gmem_ptr(BFloat16, h), gmem_ptr(u8, hq_row),
+             gmem_ptr(u8, hs_row), gmem_ptr(u8, hq_col), gmem_ptr(u8, hs_col), Int32(tokens), Int32(num_experts),
+             Int32(tiles), stream_arg(torch.cuda.current_stream(dev)))
+    if not swiglu:
+        return out
+    f8 = lambda t: None if t is None else t.view(torch.float8_e4m3fn)  # noqa: E731
+    return {"z": out, "h": h, "h_row": (f8(hq_row), hs_row) if h_row else None,
+            "h_col": (f8(hq_col), hs_col) if h_col else None}
