@@ -176,4 +176,5 @@ def test_dequantization_every_e4m3_byte_and_edge_codes():
     offsets = exclusive_offsets(torch.tensor([t], dtype=torch.int32, device="cuda"))
     y = mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, _poison=True)
     want = dequantize(a_q.cpu(), a_s.cpu(), dtype=torch.float64).to(torch.float32).to(torch.bfloat16)
-    assert torch.equal(y.cpu().view(torch.int16), want.view(torch.int16))
+    # value equality: the GEMM's sum turns -0 into +0
+    assert torch.equal(y.cpu().float(), want.float())
