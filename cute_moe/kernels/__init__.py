@@ -64,8 +64,8 @@ def _sm90_grouped_gemm_configs():
 def _sm90_mx_grouped_gemm_configs():
     from .sm90.mx_grouped_gemm import compiled_mx_grouped_gemm_kernel
 
-    must = ("wgmma.mma_async.sync.aligned", ".f32.bf16.bf16", "cp.async.bulk.tensor",
-            "ld.global.nc.u8", "fence.proxy.async", "stmatrix", "mul.rn.bf16x2", "prmt.b32")
+    must = ("wgmma.mma_async.sync.aligned", ".f32.bf16.bf16", "cp.async.bulk.tensor", "cvt.rn.f16x2.e4m3x2",
+            "ld.global.nc.u8", "fence.proxy.async", "stmatrix")
     fc1 = ("cvt.rn.satfinite.e4m3x2.f32", "div.rn.f32")
     # (N, K, (swiglu, with_probs, h_bf16, h_row, h_col, swizzled)): FC2 and FC1 of the shapes
     cfgs = [

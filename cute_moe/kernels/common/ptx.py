@@ -234,34 +234,27 @@ def e4m3_to_bf16_scaled(words, code, *, loc=None, ip=None):
     """MX dequantization of 4*len(words) e4m3 bytes with one E8M0 ``code``: bf16 pairs
     ``bf16(float(q) * 2**(code-127))`` in element order (element 2k in the low half of word k).
 
-    Integer and bf16x2 operations only (the fp8/f16/f32 ``cvt`` route runs on the narrow conversion
-    pipe and measured 2x slower): moving the e4m3 sign to bit 15 and its 7 magnitude bits to bits
-    4..10 gives the bf16 ``q * 2**-120`` exactly, subnormals included; then two exact bf16x2
-    multiplies by ``2**(min(E,134)-7)`` and ``2**(max(E,134)-134)`` (one factor cannot reach 2**247).
-    Results are exact in bf16's normal range, round (RN) below 2**-126 and overflow to inf above
-    bf16's largest value, as host dequantization to bf16 does. A NaN scale (0xFF) gives NaN; an
-    e4m3 NaN byte (0x7F/0xFF) under a finite scale decodes as 480 * 2**(E-127): cute_moe's
-    quantizer never writes one (a block holding a NaN gets the NaN scale)."""
+    e4m3 -> f16 (hardware, exact) -> f32 -> IEEE multiply by the power of two (exact unless it
+    leaves fp32's range; code 0 is the subnormal 2**-127, 0xFF is NaN) -> bf16 RN, exact for every
+    result in bf16's normal range, which is what dequantizing to bf16 on the host gives."""
     n = len(words)
-    code_reg = f"${2 * n + n}"  # operands: 2n outputs, then the n words, then the code
+    code_reg = f"${3 * n}"  # operands: 2n outputs, then the n words, then the code
     body = [
-        # s1 = 2^(min(E,134)-7), s2 = 2^(max(E,134)-134) (NaN for E = 255), as bf16 pairs
-        f"min.u32 t, {code_reg}, 134; add.u32 t, t, 120; shl.b32 t, t, 7; shl.b32 s1, t, 16; or.b32 s1, s1, t;\n"
-        f"max.u32 t, {code_reg}, 134; sub.u32 t, t, 7; shl.b32 t, t, 7; setp.eq.u32 p, {code_reg}, 255;\n"
-        "selp.b32 t, 0x7FC0, t, p; shl.b32 s2, t, 16; or.b32 s2, s2, t;\n"
+        f"shl.b32 s, {code_reg}, 23; setp.eq.u32 p, {code_reg}, 0; selp.b32 s, 0x00400000, s, p;\n"
+        f"setp.eq.u32 p, {code_reg}, 255; selp.b32 s, 0x7FC00000, s, p; mov.b32 sf, s;\n"
     ]
     for k in range(n):
-        for half, sel in ((0, "0x1404"), (1, "0x3424")):
+        for half in range(2):
             body.append(
-                # x = b(2j+1) << 24 | b(2j) << 8: each byte at the top of a 16-bit lane
-                f"prmt.b32 x, ${2 * n + k}, 0, {sel}; shr.b32 y, x, 4; and.b32 x, x, 0x80008000;\n"
-                "and.b32 y, y, 0x07F007F0; or.b32 y, y, x;\n"
-                f"mul.rn.bf16x2 y, y, s1; mul.rn.bf16x2 ${2 * k + half}, y, s2;\n"
+                f"mov.b32 {{b0, b1}}, ${2 * n + k}; cvt.rn.f16x2.e4m3x2 hh, b{half};\n"
+                "mov.b32 {h0, h1}, hh; cvt.f32.f16 f0, h0; cvt.f32.f16 f1, h1;\n"
+                "mul.rn.f32 f0, f0, sf; mul.rn.f32 f1, f1, sf;\n"
+                f"cvt.rn.bf16x2.f32 ${2 * k + half}, f1, f0;\n"
             )
     res = _asm(
         llvm.StructType.get_literal([T.i32()] * (2 * n)),
         [*(Uint32(w) for w in words), Uint32(code)],
-        "{ .reg .b32 t, s1, s2, x, y; .reg .pred p;\n" + "".join(body) + "}",
+        "{ .reg .b32 s, hh; .reg .b16 b0, b1, h0, h1; .reg .f32 sf, f0, f1; .reg .pred p;\n" + "".join(body) + "}",
         ",".join(["=&r"] * (2 * n) + ["r"] * (n + 1)),
         loc=loc,
         ip=ip,
