@@ -3,8 +3,9 @@
     python bench/bench_mlp.py [--shapes dsv3_ep8 qwen3_30b ...] [--json out.json]
 
 Rows: torch bf16 FC1+SwiGLU (``torch._grouped_mm`` + ``silu(g)*u``, the REFERENCE §7 anchor);
-cute_moe ``grouped_mlp`` forward+backward on the bf16 path and under ``autocast(MXFP8BlockScaling())``
-(today the unfused MXFP8 path: CuTe DSL quantize kernels + dequantize + ``torch._grouped_mm``).
+cute_moe ``grouped_mlp`` forward+backward on the bf16 path, under ``autocast(MXFP8BlockScaling())``
+(on an H100 the fused SM90 forward kernels, backward unfused) and under
+``MXFP8BlockScaling(fused=False)`` (CuTe DSL quantize kernels + dequantize + ``torch._grouped_mm``).
 Input value checks are off (``set_split_size_checks(False)``) so nothing syncs inside the timing.
 """
 
@@ -15,7 +16,7 @@ import torch
 from triton.testing import do_bench
 
 import cute_moe
-from cute_moe import autocast
+from cute_moe import MXFP8BlockScaling, autocast
 
 SHAPES = {  # name: (experts, tokens per expert, K, H)
     "dsv3_ep8": (32, 1024, 7168, 2048),
@@ -62,12 +63,12 @@ def main():
         leaves = [a.detach().requires_grad_() for a in (x, w1, w2, p)]
 
         def mlp_fwd_bwd(mx):
-            with autocast(enabled=mx):
+            with autocast(enabled=mx is not None, recipe=mx):
                 y = cute_moe.grouped_mlp(leaves[0], leaves[1], leaves[2], sizes, leaves[3])
             y.backward(dy)
 
         def mlp_fwd(mx):
-            with torch.no_grad(), autocast(enabled=mx):
+            with torch.no_grad(), autocast(enabled=mx is not None, recipe=mx):
                 cute_moe.grouped_mlp(x, w1, w2, sizes, p)
 
         flops_fc1 = 2 * t * k * 2 * h
@@ -75,7 +76,8 @@ def main():
         r = dict(shape=name, E=e, T=t, K=k, H=h)
         r["torch_fc1_swiglu_ms"] = do_bench(torch_fc1_swiglu, warmup=25, rep=200)
         r["torch_fc1_tflops"] = flops_fc1 / r["torch_fc1_swiglu_ms"] / 1e9
-        for tag, mx in (("bf16", False), ("mxfp8", True)):
+        recipes = (("bf16", None), ("mxfp8", MXFP8BlockScaling()), ("unfused", MXFP8BlockScaling(fused=False)))
+        for tag, mx in recipes:
             mlp_fwd(mx)
             mlp_fwd_bwd(mx)
             r[f"{tag}_fwd_ms"] = do_bench(lambda: mlp_fwd(mx), warmup=25, rep=200)
@@ -86,11 +88,13 @@ def main():
         del x, w1, w2, dy, leaves
         torch.cuda.empty_cache()
     print(f"\nGPU: {torch.cuda.get_device_name()}  torch {torch.__version__}")
-    hdr = f"{'shape':16s} {'torch FC1+SwiGLU ms':>20s} {'bf16 fwd':>9s} {'bf16 f+b':>9s} {'mx fwd':>8s} {'mx f+b':>8s} {'mx/bf16 speed':>13s}"
+    hdr = (f"{'shape':16s} {'torch FC1+SwiGLU ms':>20s} {'bf16 fwd':>9s} {'bf16 f+b':>9s} {'mx fwd':>8s} {'mx f+b':>8s}"
+           f" {'unfused fwd':>11s} {'unfused f+b':>11s} {'mx/bf16 speed':>13s}")
     print(hdr)
     for r in rows:
         print(f"{r['shape']:16s} {r['torch_fc1_swiglu_ms']:20.3f} {r['bf16_fwd_ms']:9.3f} {r['bf16_fwd_bwd_ms']:9.3f} "
-              f"{r['mxfp8_fwd_ms']:8.3f} {r['mxfp8_fwd_bwd_ms']:8.3f} {r['mxfp8_vs_bf16_fwd_bwd']:13.2f}")
+              f"{r['mxfp8_fwd_ms']:8.3f} {r['mxfp8_fwd_bwd_ms']:8.3f} {r['unfused_fwd_ms']:11.3f} {r['unfused_fwd_bwd_ms']:11.3f}"
+              f" {r['mxfp8_vs_bf16_fwd_bwd']:13.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(gpu=torch.cuda.get_device_name(), rows=rows), f, indent=1)
