@@ -34,6 +34,7 @@ from cutlass import BFloat16, Float32, Int32, Int64
 from ...quant.layout import grouped_tiles
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS, find_expert
 from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
+from .pipeline_io import load_ab_stage
 
 TILE_M = TILE_TOKENS  # the grouped placement's tile: one CTA, two warpgroups of 64 rows
 TILE_N = 128
@@ -151,7 +152,7 @@ class GroupedGemmSm90Kernel:
             # prologue: fill the ring
             if warp == 0:
                 for _ in cutlass.range(min(self.stages, k_tiles), unroll=1):
-                    self.load_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                    load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
                     prod.advance()
 
             read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
@@ -175,7 +176,7 @@ class GroupedGemmSm90Kernel:
                     ab_pipe.consumer_release(release)
                     release.advance()
                     if warp == 0 and prod.count < k_tiles:
-                        self.load_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                        load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
                         prod.advance()
                 read.advance()
             cute.nvgpu.warpgroup.wait_group(0)
@@ -213,16 +214,6 @@ class GroupedGemmSm90Kernel:
             for i in cutlass.range_constexpr(cute.size(tSgY, mode=[1])):
                 if tScY[(0, i, 0)][0] < rows:
                     cute.copy(s2g_atom, tSsY[(None, i, None)], tSgY[(None, i, None)])
-
-    @cute.jit
-    def load_stage(self, ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB):
-        """Producer (warp 0; the atoms elect one thread): wait for a free stage, arm its full
-        barrier with the byte count, issue both TMA loads of k-tile ``prod.count``."""
-        ab_pipe.producer_acquire(prod)
-        bar = ab_pipe.producer_get_barrier(prod)
-        cute.copy(tma_a, tAgA[(None, prod.count)], tAsA[(None, prod.index)], tma_bar_ptr=bar)
-        cute.copy(tma_b, tBgB[(None, prod.count)], tBsB[(None, prod.index)], tma_bar_ptr=bar)
-        ab_pipe.producer_commit(prod)
 
 
 # --- host side --------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_COLS as H_TILE_COLS
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise
 from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
+from .pipeline_io import load_ab_stage
 
 TILE_M = TILE_TOKENS
 TILE_N = 256  # FC1: 4 gate/up pairs -> the 128 h columns of one quantize tile
@@ -191,7 +192,7 @@ class MXGroupedGemmSm90Kernel:
         prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, STAGES)
         if warp == 0:
             for _ in cutlass.range(min(STAGES, k_tiles), unroll=1):
-                self.load_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
                 prod.advance()
 
         # ---- MMA partitions: warpgroup g owns rows 64g .. 64g+63 of the tile
@@ -248,7 +249,7 @@ class MXGroupedGemmSm90Kernel:
             ab_pipe.consumer_release(read)
             read.advance()
             if warp == 0 and prod.count < k_tiles:
-                self.load_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
                 prod.advance()
             if wg * 64 < rows:  # a warpgroup whose 64 rows are all past the expert's end idles
                 cute.nvgpu.warpgroup.fence()
@@ -339,16 +340,6 @@ class MXGroupedGemmSm90Kernel:
             for q in cutlass.range_constexpr(TILE_M * per_row // THREADS):
                 r = tidx // per_row + q * (THREADS // per_row)
                 st_global(base + Int64(r) * (self.hidden * 2), ld_shared(h_stage + r * H_ROW_BYTES + ch * 16, 4), r < rows)
-
-    @cute.jit
-    def load_stage(self, ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB):
-        """Producer (warp 0; the atoms elect one thread): wait for a free stage, arm its full
-        barrier with the byte count, issue both TMA loads of k-tile ``prod.count``."""
-        ab_pipe.producer_acquire(prod)
-        bar = ab_pipe.producer_get_barrier(prod)
-        cute.copy(tma_a, tAgA[(None, prod.count)], tAsA[(None, prod.index)], tma_bar_ptr=bar)
-        cute.copy(tma_b, tBgB[(None, prod.count)], tBsB[(None, prod.index)], tma_bar_ptr=bar)
-        ab_pipe.producer_commit(prod)
 
 
 # --- host side --------------------------------------------------------------------------------
