@@ -20,26 +20,14 @@ import time
 import torch
 from triton.testing import do_bench
 
+from bench_mlp import SHAPES, split_sizes  # bench/ is on sys.path when run as a script
 from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
 from cute_moe.quant.api import exclusive_offsets, quantize_mxfp8
 
-TRAIN = {  # name: (experts, tokens per expert, K, H)
-    "dsv3_ep8": (32, 1024, 7168, 2048),
-    "qwen3_30b": (128, 256, 2048, 768),
-    "mixtral_like": (8, 4096, 4096, 14336),
-    "qwen3_30b_zipf": (128, 256, 2048, 768),
-}
+TRAIN = SHAPES  # the training shapes of bench_mlp.py (experts, tokens per expert, K, H)
 DECODE = {"flash": (256, 4096, 2048), "pro": (384, 7168, 3072)}  # experts, K, H; top-6 routing
 DECODE_BATCHES = (1, 16, 64, 128)
 TOPK = 6
-
-
-def zipf_sizes(e, total):
-    w = 1.0 / torch.arange(1, e + 1, dtype=torch.float64) ** 1.1
-    sizes = torch.floor(w / w.sum() * total).to(torch.int64)
-    sizes[-e // 8 :] = 0  # some experts empty
-    sizes[0] += total - int(sizes.sum())
-    return sizes
 
 
 def decode_sizes(e, batch, gen):
@@ -164,7 +152,7 @@ def main():
     for name in args.shapes:
         if name in TRAIN:
             e, tpe, k, h = TRAIN[name]
-            sizes = zipf_sizes(e, e * tpe) if name.endswith("zipf") else torch.full((e,), tpe, dtype=torch.int64)
+            sizes = split_sizes(name, e, tpe)
         else:
             model, b = name.rsplit("_b", 1)
             e, k, h = DECODE[model]

@@ -33,6 +33,7 @@ def mx_grouped_gemm_sm90(*args, **kwargs):
 
     return launch(*args, **kwargs)
 
+
 GLU_BLOCK = 32
 
 
@@ -128,8 +129,14 @@ class _CudaOps:
                 offsets = exclusive_offsets(sizes)
             _, col = quantize_checked(w16.reshape(e * n, k).contiguous(), False, True, sizes, offsets)
             return dequantize_device(col, torch.bfloat16).view(e, n, k)
-        row, _ = quantize_checked(w16.reshape(e * n, k).contiguous(), True, False, None, None)
-        return dequantize_device(row, torch.bfloat16).view(e, n, k)
+        return dequantize_device(self._weight_row_mx(w16), torch.bfloat16).view(e, n, k)
+
+    @staticmethod
+    def _weight_row_mx(w):
+        """Q_row(W) of [E, N, K] as one rowwise MXFP8Tensor over [E*N, K] (blocks along K)."""
+        e, n, k = w.shape
+        row, _ = quantize_checked(w.to(torch.bfloat16).reshape(e * n, k).contiguous(), True, False, None, None)
+        return row
 
     def gmm(self, a, w, sizes):
         return torch._grouped_mm(a.to(torch.bfloat16), w.transpose(1, 2), offs=sizes[1][1:])
@@ -151,11 +158,10 @@ class _FusedSm90Ops(_CudaOps):
     def __init__(self):
         super().__init__(mx=True)
 
-    @staticmethod
-    def _weight_mx(w):
+    def _weight_mx(self, w):
         """Q_row(W) as (e4m3 [E, N, K], plain scales [E, N, K/32])."""
         e, n, k = w.shape
-        row, _ = quantize_checked(w.to(torch.bfloat16).reshape(e * n, k).contiguous(), True, False, None, None)
+        row = self._weight_row_mx(w)
         return row.data.view(e, n, k), row.scale.view(e, n, k // 32)
 
     def fc1_swiglu(self, x_row, w1, probs, sizes, want_h_col):

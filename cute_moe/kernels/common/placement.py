@@ -3,6 +3,7 @@ owns a placed 128-token tile, shared by every grouped kernel."""
 
 from __future__ import annotations
 
+import cutlass
 import cutlass.cute as cute
 from cutlass import Int32, Int64
 
@@ -30,3 +31,13 @@ def find_expert(offsets: cute.Pointer, num_experts: Int32, tile: Int32, lane: In
     off_next = ld_global_s32_pred(base + Int64(e) * 4 + 4, ok, 0)
     src = Int32(cute.arch.popc(cute.arch.vote_ballot_sync(ok & (off_e // TILE_TOKENS + e <= tile)))) - 1
     return lo + src, cute.arch.shuffle_sync(off_e, src), cute.arch.shuffle_sync(off_next, src)
+
+
+@cute.jit
+def placed_tile(offsets: cute.Pointer, num_experts: Int32, tile: Int32, lane: Int32):
+    """(expert, first token, valid rows in [0, 128]) of placed tile ``tile``; 0 rows: a gap tile or
+    an empty expert. Warp-uniform, like :func:`find_expert`."""
+    e, tok0, tok1 = find_expert(offsets, num_experts, tile, lane)
+    row0 = tok0 + (tile - (tok0 // TILE_TOKENS + e)) * TILE_TOKENS
+    rows = cutlass.max(cutlass.min(tok1 - row0, Int32(TILE_TOKENS)), Int32(0))
+    return e, row0, rows

@@ -29,12 +29,13 @@ import cutlass.cute as cute
 import cutlass.pipeline as pipeline
 import cutlass.utils.hopper_helpers as sm90_utils
 import torch
-from cutlass import BFloat16, Float32, Int32, Int64
+from cutlass import BFloat16, Int32, Int64
 
 from ...quant.layout import grouped_tiles
-from ..common.placement import MAX_EXPERTS, TILE_TOKENS, find_expert
+from ..common.placement import MAX_EXPERTS, TILE_TOKENS, placed_tile
 from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
-from .pipeline_io import load_ab_stage
+from .parts import (grouped_tma_atoms, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16, mma_partitions,
+                    stage_acc_bf16, tma_tile_partitions)
 
 TILE_M = TILE_TOKENS  # the grouped placement's tile: one CTA, two warpgroups of 64 rows
 TILE_N = 128
@@ -70,19 +71,10 @@ class GroupedGemmSm90Kernel:
         self.a_smem = sm90_utils.make_smem_layout_a(row, self.tile_mnk, BFloat16, self.stages)
         self.b_smem = sm90_utils.make_smem_layout_b(row, self.tile_mnk, BFloat16, self.stages)
         self.y_smem = sm90_utils.make_smem_layout_epi(BFloat16, row, (TILE_M, TILE_N), 1)
-        # WGMMA atoms: 2 warpgroups along M, each 64 x TILE_N, operands K-major from shared memory
-        self.tiled_mma = sm90_utils.make_trivial_tiled_mma(
-            BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
-            Float32, (WARPGROUPS, 1, 1), tiler_mn=(64, TILE_N))
-
-        # TMA descriptors: a over [T, K] (T dynamic; rows >= T read as zeros), b over (N, K, E)
-        mA = cute.make_tensor(a, cute.make_layout((tokens, K), stride=(K, 1)))
-        mB = cute.make_tensor(b, cute.make_layout((N, K, num_experts), stride=(K, 1, N * K)))
-        g2s = cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp()
-        tma_a, tma_mA = cute.nvgpu.cpasync.make_tiled_tma_atom(
-            g2s, mA, cute.slice_(self.a_smem, (None, None, 0)), (TILE_M, TILE_K))
-        tma_b, tma_mB = cute.nvgpu.cpasync.make_tiled_tma_atom(
-            g2s, mB, cute.slice_(self.b_smem, (None, None, 0)), (TILE_N, TILE_K))
+        self.tiled_mma = make_tiled_mma_bf16(WARPGROUPS, TILE_N)
+        tma_a, tma_mA, tma_b, tma_mB = grouped_tma_atoms(
+            a, b, tokens, num_experts, N, K, cute.slice_(self.a_smem, (None, None, 0)),
+            cute.slice_(self.b_smem, (None, None, 0)), self.tile_mnk)
 
         @cute.struct
         class SharedStorage:
@@ -106,9 +98,7 @@ class GroupedGemmSm90Kernel:
         lane = tidx % 32
 
         # ---- which expert and rows this placed tile holds
-        e, tok0, tok1 = find_expert(offsets, num_experts, tile, lane)
-        row0 = tok0 + (tile - (tok0 // TILE_M + e)) * TILE_M
-        rows = cutlass.min(tok1 - row0, Int32(TILE_M))  # <= 0: gap tile or empty expert
+        e, row0, rows = placed_tile(offsets, num_experts, tile, lane)  # rows 0: gap tile / empty expert
 
         smem = cutlass.memory.SmemAllocator()
         storage = smem.allocate(self.shared_storage)
@@ -119,35 +109,15 @@ class GroupedGemmSm90Kernel:
             sA = storage.sA.get_tensor(a_smem.outer, swizzle=a_smem.inner)
             sB = storage.sB.get_tensor(b_smem.outer, swizzle=b_smem.inner)
 
-            # ---- TMA: this tile's (128 x 64) k-slices of a (from row0) and b[e] (from n_tile)
-            gA = cute.local_tile(cute.domain_offset((row0, 0), tma_mA), (TILE_M, TILE_K), (0, None))
-            gB = cute.local_tile(tma_mB[None, None, e], (TILE_N, TILE_K), (n_tile, None))
-            tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(
-                tma_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2))
-            tBsB, tBgB = cute.nvgpu.cpasync.tma_partition(
-                tma_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2))
-
-            # ---- pipeline: full barriers count TMA bytes, empty barriers one arrive per consumer warp
+            # ---- TMA views, pipeline and WGMMA partitions (kernels/sm90/parts.py)
+            tAgA, tAsA, tBgB, tBsB = tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile,
+                                                         self.tile_mnk)
             tx_bytes = cute.size_in_bytes(BFloat16, cute.slice_(a_smem, (None, None, 0))) + cute.size_in_bytes(
                 BFloat16, cute.slice_(b_smem, (None, None, 0)))
-            ab_pipe = pipeline.PipelineTmaAsync.create(
-                barrier_storage=storage.bars.data_ptr(),
-                num_stages=self.stages,
-                producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
-                consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, THREADS // 32),
-                tx_count=tx_bytes,
-                cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)),
-            )
+            ab_pipe = make_ab_pipeline(storage.bars.data_ptr(), self.stages, tx_bytes, THREADS // 32)
             k_tiles = self.k_tiles
             prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
-
-            # ---- MMA partitions: warpgroup g owns rows 64g .. 64g+63 of the tile
-            wg = cute.arch.make_warp_uniform(tidx // 128)
-            thr_mma = tiled_mma.get_slice(wg * 128)
-            tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
-            tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
-            acc = cute.make_rmem_tensor(thr_mma.partition_C(cute.make_identity_tensor((TILE_M, TILE_N))).shape, Float32)
-            k_blocks = cute.size(tCrA, mode=[2])
+            wg, tCrA, tCrB, acc, k_blocks = mma_partitions(tiled_mma, sA, sB, tidx, (TILE_M, TILE_N))
 
             # prologue: fill the ring
             if warp == 0:
@@ -186,17 +156,7 @@ class GroupedGemmSm90Kernel:
             cute.arch.sync_threads()
             sY_layout = cute.slice_(y_smem, (None, None, 0))
             sY = cute.make_tensor(cute.recast_ptr(sA.iterator, sY_layout.inner, dtype=BFloat16), sY_layout.outer)
-            st_atom = sm90_utils.get_smem_store_op(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR, BFloat16, Float32)  # stmatrix x4
-            r2s = cute.make_tiled_copy_S(st_atom, cute.make_tiled_copy_C_atom(st_atom, tiled_mma))
-            thr_r2s = r2s.get_slice(tidx)
-            tRS_acc = r2s.retile(acc)
-            # convert in the accumulator's order, then view the same registers in the copy's
-            # (V, M, N) shape: both are compact, and stmatrix's 8 values per thread are the next
-            # 8 accumulators (2 columns x 2 rows x 2 n-blocks), so linear order carries over
-            y_regs = cute.make_rmem_tensor_like(tRS_acc, BFloat16)
-            y_regs.store(tRS_acc.load().to(BFloat16))
-            tRS_y = cute.make_tensor(y_regs.iterator, cute.make_layout(thr_r2s.partition_S(sY).shape))
-            cute.copy(r2s, tRS_y, thr_r2s.partition_D(sY))
+            stage_acc_bf16(acc, tiled_mma, sY, tidx)
             cute.arch.sync_threads()
 
             # 16 threads x 8 bf16 cover a 128-column row segment; 16 rows per pass

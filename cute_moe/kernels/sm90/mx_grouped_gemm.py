@@ -41,13 +41,14 @@ import torch
 from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
 
 from ...quant.layout import grouped_tiles
-from ..common.placement import MAX_EXPERTS, TILE_TOKENS, find_expert
+from ..common.placement import MAX_EXPERTS, TILE_TOKENS, placed_tile
 from ..common.ptx import bf16x2_to_f32, e4m3_to_bf16_scaled, f32_to_bf16x2, ld_global_u8, ld_shared, st_global, st_shared
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_COLS as H_TILE_COLS
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise
 from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
-from .pipeline_io import load_ab_stage
+from .parts import (grouped_tma_atoms, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16, mma_partitions,
+                    stage_acc_bf16, tma_tile_partitions)
 
 TILE_M = TILE_TOKENS
 TILE_N = 256  # FC1: 4 gate/up pairs -> the 128 h columns of one quantize tile
@@ -94,18 +95,11 @@ class MXGroupedGemmSm90Kernel:
         b8_smem = cute.make_layout((TILE_N, TILE_K, STAGES), stride=(TILE_K, 1, TILE_N * TILE_K))
         a16_smem = sm90_utils.make_smem_layout_a(row, self.tile_mnk, BFloat16, BF16_BUFS)
         b16_smem = sm90_utils.make_smem_layout_b(row, self.tile_mnk, BFloat16, BF16_BUFS)
-        tiled_mma = sm90_utils.make_trivial_tiled_mma(
-            BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
-            Float32, (WARPGROUPS, 1, 1), tiler_mn=(64, TILE_N))
-
-        # TMA over the e4m3 bytes: a as [T, K] (rows >= T read as zeros), b as (N, K, E)
-        mA = cute.make_tensor(a, cute.make_layout((tokens, K), stride=(K, 1)))
-        mB = cute.make_tensor(b, cute.make_layout((N, K, num_experts), stride=(K, 1, N * K)))
-        g2s = cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp()
-        tma_a, tma_mA = cute.nvgpu.cpasync.make_tiled_tma_atom(
-            g2s, mA, cute.slice_(a8_smem, (None, None, 0)), (TILE_M, TILE_K))
-        tma_b, tma_mB = cute.nvgpu.cpasync.make_tiled_tma_atom(
-            g2s, mB, cute.slice_(b8_smem, (None, None, 0)), (TILE_N, TILE_K))
+        tiled_mma = make_tiled_mma_bf16(WARPGROUPS, TILE_N)
+        # TMA over the e4m3 bytes, into plain row-major stages
+        tma_a, tma_mA, tma_b, tma_mB = grouped_tma_atoms(
+            a, b, tokens, num_experts, N, K, cute.slice_(a8_smem, (None, None, 0)),
+            cute.slice_(b8_smem, (None, None, 0)), self.tile_mnk)
 
         @cute.struct
         class SharedStorage:
@@ -133,9 +127,7 @@ class MXGroupedGemmSm90Kernel:
         lane = tidx % 32
 
         # ---- which expert and rows this placed tile holds
-        e, tok0, tok1 = find_expert(offsets, num_experts, tile, lane)
-        row0 = tok0 + (tile - (tok0 // TILE_M + e)) * TILE_M
-        rows = cutlass.max(cutlass.min(tok1 - row0, Int32(TILE_M)), Int32(0))  # 0: gap tile / empty expert
+        e, row0, rows = placed_tile(offsets, num_experts, tile, lane)  # rows 0: gap tile / empty expert
 
         smem = cutlass.memory.SmemAllocator()
         storage = smem.allocate(self.shared_storage)
@@ -173,21 +165,10 @@ class MXGroupedGemmSm90Kernel:
         sA16 = storage.sA16.get_tensor(a16_smem.outer, swizzle=a16_smem.inner)
         sB16 = storage.sB16.get_tensor(b16_smem.outer, swizzle=b16_smem.inner)
 
-        # ---- TMA: this tile's 64-wide k-slices of a (from row0) and b[e] (from n_tile)
-        gA = cute.local_tile(cute.domain_offset((row0, 0), tma_mA), (TILE_M, TILE_K), (0, None))
-        gB = cute.local_tile(tma_mB[None, None, e], (TILE_N, TILE_K), (n_tile, None))
-        tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(
-            tma_a, 0, cute.make_layout(1), cute.group_modes(sA8, 0, 2), cute.group_modes(gA, 0, 2))
-        tBsB, tBgB = cute.nvgpu.cpasync.tma_partition(
-            tma_b, 0, cute.make_layout(1), cute.group_modes(sB8, 0, 2), cute.group_modes(gB, 0, 2))
-        ab_pipe = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.bars.data_ptr(),
-            num_stages=STAGES,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, THREADS // 32),
-            tx_count=(TILE_M + TILE_N) * TILE_K,
-            cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)),
-        )
+        # ---- TMA views and pipeline (kernels/sm90/parts.py)
+        tAgA, tAsA, tBgB, tBsB = tma_tile_partitions(tma_a, tma_mA, sA8, tma_b, tma_mB, sB8, row0, e, n_tile,
+                                                     self.tile_mnk)
+        ab_pipe = make_ab_pipeline(storage.bars.data_ptr(), STAGES, (TILE_M + TILE_N) * TILE_K, THREADS // 32)
         k_tiles = self.k_tiles
         prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, STAGES)
         if warp == 0:
@@ -195,13 +176,8 @@ class MXGroupedGemmSm90Kernel:
                 load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
                 prod.advance()
 
-        # ---- MMA partitions: warpgroup g owns rows 64g .. 64g+63 of the tile
-        wg = cute.arch.make_warp_uniform(tidx // 128)
-        thr_mma = tiled_mma.get_slice(wg * 128)
-        tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA16))
-        tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB16))
-        acc = cute.make_rmem_tensor(thr_mma.partition_C(cute.make_identity_tensor((TILE_M, TILE_N))).shape, Float32)
-        k_blocks = cute.size(tCrA, mode=[2])
+        # ---- WGMMA partitions over the bf16 buffers
+        wg, tCrA, tCrB, acc, k_blocks = mma_partitions(tiled_mma, sA16, sB16, tidx, (TILE_M, TILE_N))
 
         # ---- conversion ownership: thread t converts the 16-byte chunk (t % 4) of rows t // 4 + 64 i
         kc = tidx % 4
@@ -283,16 +259,7 @@ class MXGroupedGemmSm90Kernel:
         ``out`` [T, N] (16-byte stores). The staged tile stays for the SwiGLU epilogue."""
         s_out = cute.make_tensor(storage.sB16.data_ptr(),
                                  cute.make_layout((TILE_M, TILE_N), stride=(OUT_ROW_BYTES // 2, 1)))
-        st_atom = sm90_utils.get_smem_store_op(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR, BFloat16, Float32)
-        r2s = cute.make_tiled_copy_S(st_atom, cute.make_tiled_copy_C_atom(st_atom, tiled_mma))
-        thr_r2s = r2s.get_slice(tidx)
-        tRS_acc = r2s.retile(acc)
-        # converted in the accumulator's order, then viewed in the copy's (V, M, N) shape: both are
-        # compact and stmatrix takes the next 8 accumulators per thread, so linear order carries over
-        o_regs = cute.make_rmem_tensor_like(tRS_acc, BFloat16)
-        o_regs.store(tRS_acc.load().to(BFloat16))
-        tRS_o = cute.make_tensor(o_regs.iterator, cute.make_layout(thr_r2s.partition_S(s_out).shape))
-        cute.copy(r2s, tRS_o, thr_r2s.partition_D(s_out))
+        stage_acc_bf16(acc, tiled_mma, s_out, tidx)
         cute.arch.sync_threads()
         stage = storage.sB16.data_ptr().toint()
         per_row = TILE_N * 2 // 16  # 16-byte chunks per row

@@ -1,0 +1,96 @@
+"""Pieces shared by the SM90 grouped GEMMs (bf16 and MXFP8): TMA partitions of a placed tile,
+the TMA -> consumer pipeline, WGMMA partitions and the stmatrix staging of the accumulators."""
+
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass import BFloat16, Float32
+
+
+@cute.jit
+def tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile, tile_mnk: cutlass.Constexpr):
+    """TMA views of the tile's k-slices: a from token ``row0`` (any row: TMA boxes start anywhere),
+    b[e] from column tile ``n_tile``. Returns (tAgA, tAsA, tBgB, tBsB)."""
+    tile_m, tile_n, tile_k = tile_mnk
+    gA = cute.local_tile(cute.domain_offset((row0, 0), tma_mA), (tile_m, tile_k), (0, None))
+    gB = cute.local_tile(tma_mB[None, None, e], (tile_n, tile_k), (n_tile, None))
+    tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(
+        tma_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2))
+    tBsB, tBgB = cute.nvgpu.cpasync.tma_partition(
+        tma_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2))
+    return tAgA, tAsA, tBgB, tBsB
+
+
+def make_ab_pipeline(barriers, stages: int, tx_bytes, consumer_warps: int):
+    """Full barriers count the TMA bytes of a stage, empty barriers one arrive per consumer warp."""
+    return pipeline.PipelineTmaAsync.create(
+        barrier_storage=barriers,
+        num_stages=stages,
+        producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
+        consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, consumer_warps),
+        tx_count=tx_bytes,
+        cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)),
+    )
+
+
+@cute.jit
+def load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB):
+    """Producer (one warp; the TMA atoms elect one thread): wait for a free stage, arm its full
+    barrier with the byte count, issue both TMA loads of k-tile ``prod.count``."""
+    ab_pipe.producer_acquire(prod)
+    bar = ab_pipe.producer_get_barrier(prod)
+    cute.copy(tma_a, tAgA[(None, prod.count)], tAsA[(None, prod.index)], tma_bar_ptr=bar)
+    cute.copy(tma_b, tBgB[(None, prod.count)], tBsB[(None, prod.index)], tma_bar_ptr=bar)
+    ab_pipe.producer_commit(prod)
+
+
+@cute.jit
+def mma_partitions(tiled_mma, sA, sB, tidx, tile_mn: cutlass.Constexpr):
+    """Warpgroup g owns rows 64g .. 64g+63 of the tile: its operand fragments over the staged
+    buffers, its zeroed-later fp32 accumulators, and the WGMMA k-blocks per k-tile."""
+    wg = cute.arch.make_warp_uniform(tidx // 128)
+    thr_mma = tiled_mma.get_slice(wg * 128)
+    tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))
+    tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
+    acc = cute.make_rmem_tensor(thr_mma.partition_C(cute.make_identity_tensor(tile_mn)).shape, Float32)
+    return wg, tCrA, tCrB, acc, cute.size(tCrA, mode=[2])
+
+
+@cute.jit
+def stage_acc_bf16(acc, tiled_mma, s_out, tidx):
+    """fp32 accumulators -> bf16 -> the shared-memory tile ``s_out`` by stmatrix (x4)."""
+    st_atom = sm90_utils.get_smem_store_op(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR, BFloat16, Float32)
+    r2s = cute.make_tiled_copy_S(st_atom, cute.make_tiled_copy_C_atom(st_atom, tiled_mma))
+    thr_r2s = r2s.get_slice(tidx)
+    tRS_acc = r2s.retile(acc)
+    # converted in the accumulator's order, then viewed in the copy's (V, M, N) shape: both are
+    # compact and stmatrix takes the next 8 accumulators per thread (2 columns x 2 rows x 2
+    # n-blocks), so linear order carries over
+    regs = cute.make_rmem_tensor_like(tRS_acc, BFloat16)
+    regs.store(tRS_acc.load().to(BFloat16))
+    tRS = cute.make_tensor(regs.iterator, cute.make_layout(thr_r2s.partition_S(s_out).shape))
+    cute.copy(r2s, tRS, thr_r2s.partition_D(s_out))
+
+
+def make_tiled_mma_bf16(warpgroups: int, tile_n: int):
+    """BF16 WGMMA, fp32 accumulate: ``warpgroups`` along M, each 64 x ``tile_n``, operands K-major
+    from shared memory."""
+    return sm90_utils.make_trivial_tiled_mma(
+        BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
+        Float32, (warpgroups, 1, 1), tiler_mn=(64, tile_n))
+
+
+def grouped_tma_atoms(a, b, tokens, num_experts, n: int, k: int, a_stage, b_stage, tile_mnk):
+    """TMA descriptors for the grouped operands: a over [T, K] (T dynamic; rows >= T read as zeros),
+    b over (N, K, E); ``a_stage`` / ``b_stage`` are one stage's shared-memory layouts.
+    Returns (tma_a, tma_mA, tma_b, tma_mB)."""
+    tile_m, tile_n, tile_k = tile_mnk
+    mA = cute.make_tensor(a, cute.make_layout((tokens, k), stride=(k, 1)))
+    mB = cute.make_tensor(b, cute.make_layout((n, k, num_experts), stride=(k, 1, n * k)))
+    g2s = cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp()
+    tma_a, tma_mA = cute.nvgpu.cpasync.make_tiled_tma_atom(g2s, mA, a_stage, (tile_m, tile_k))
+    tma_b, tma_mB = cute.nvgpu.cpasync.make_tiled_tma_atom(g2s, mB, b_stage, (tile_n, tile_k))
+    return tma_a, tma_mA, tma_b, tma_mB
