@@ -7,22 +7,29 @@ accumulation. One kernel per static configuration (N, K, epilogue flags); T, E a
 (``offsets``, E+1 int32 on the device) are runtime values: routing changes never recompile.
 
 How the work is laid out, and why:
-- A CTA owns one *placed* 128-row M tile (REFERENCE §2 grouped placement: expert e's tiles start at
-  ``offsets[e] // 128 + e``) by 256 columns of N; the grid (N / 256, ceil(T/128) + E - 1) is known
+- A CTA owns one *placed* 128-token tile (REFERENCE §2 grouped placement: expert e's tiles start at
+  ``offsets[e] // 128 + e``) by 256 output features; the grid (N / 256, ceil(T/128) + E - 1) is known
   on the host without reading ``offsets``. Gap tiles and empty experts never touch ``b``.
 - TMA loads 128x64 e4m3 tiles of ``a_row`` (rows from ``offsets[e] + 128 * local``; TMA boxes start
-  at any row) and 256x64 of ``b_row[e]`` into a 3-stage ``PipelineTmaAsync`` ring, plain row-major
+  at any row) and 256x64 of ``b_row[e]`` into a 6-stage ``PipelineTmaAsync`` ring, plain row-major
   (64-byte rows: a quarter-warp's 16-byte reads cover 128 contiguous bytes, no bank conflicts).
-- MX -> bf16 (the "transform" step): all 256 threads convert the stage into one of three bf16
-  buffers in WGMMA's 128-byte-swizzled K-major layout. Each thread owns 16-byte chunks (16 values,
-  one E8M0 code, read from the plain ``[rows, K/32]`` scale arrays through the read-only cache):
-  e4m3 -> f16 (hardware) -> f32 -> times 2^(E-127) -> bf16, exact. Then one CTA barrier, and the two
-  warpgroups issue 64x256x16 WGMMAs on that buffer while the next stage converts: WGMMA k-tile kt
-  runs under conversion kt+1. Three buffers let one barrier per k-tile suffice: buffer kt % 3 was
-  last read by WGMMA kt-3, which ``wait_group(1)`` retired before the previous barrier.
-- Epilogue: accumulators -> bf16 -> shared memory by stmatrix (rows padded to 528 bytes: no bank
-  conflicts), then 16-byte stores of the tile's rows that belong to the expert (a TMA store would
-  overwrite the next expert's rows). That is ``y`` (FC2) or ``z`` (FC1).
+- The WGMMA runs transposed ("swap AB"): the weights are its M side, taken from *registers* (RS),
+  the tokens its N side, from shared memory. Each warpgroup owns 128 features (two 64-row WGMMA
+  blocks). A thread reads 16 contiguous e4m3 bytes of each of its weight rows and dequantizes them
+  straight into its A fragment, so weights never round-trip through shared memory as bf16: that
+  traffic, not the conversion arithmetic, is what bounds a shared-memory transform (REFERENCE §6).
+  The 16 bytes are the thread's A-fragment k slots of the four k16 steps; the tokens' bf16 copy is
+  written in the same k order (a permutation of K inside each 64-wide k-tile: the dot products are
+  unchanged). Dequantization: e4m3 -> f16 (hardware) -> f32 -> times 2^(E-127) -> bf16, exact.
+- Tokens: all 256 threads convert the stage's valid token rows into one of three bf16 buffers in
+  WGMMA's 128-byte-swizzled K-major layout, then one CTA barrier. Three buffers let one barrier per
+  k-tile suffice: buffer kt % 3 was last read by WGMMA kt-3, retired before the previous barrier.
+  Tiles with at most 32 tokens (decode) use 64x32 WGMMAs: the tensor cores then stay far below the
+  weight stream.
+- Epilogue: accumulators -> bf16 -> shared memory by transposing stmatrix into a [token][feature]
+  tile (rows padded to 528 bytes: no bank conflicts), then 16-byte stores of the tile's rows that
+  belong to the expert (a TMA store would overwrite the next expert's rows). That is ``y`` (FC2) or
+  ``z`` (FC1).
 - FC1 only: from the staged bf16 ``z``, ``h = p * silu(g) * u`` (REFERENCE §3 interleave: a 256-column
   tile holds 4 gate/up pairs of 32 columns -> 128 columns of ``h``), rounded to bf16 exactly like the
   unfused path (SwiGLU of the stored bf16 ``z`` in fp32), staged as the quantize kernel's 128x128 tile,
@@ -47,16 +54,19 @@ from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_COLS as H_TILE_COLS
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise
 from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
-from .parts import (grouped_tma_atoms, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16, mma_partitions,
+from .parts import (grouped_tma_atoms, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16,
                     stage_acc_bf16, tma_tile_partitions)
 
-TILE_M = TILE_TOKENS
-TILE_N = 256  # FC1: 4 gate/up pairs -> the 128 h columns of one quantize tile
+TILE_M = TILE_TOKENS  # tokens of the output tile (WGMMA's N side)
+TILE_N = 256  # features (WGMMA's M side); FC1: 4 gate/up pairs -> the 128 h columns of one quantize tile
 TILE_K = 64  # 64 e4m3 = one 64-byte stage row; 64 bf16 = one 128-byte swizzle atom
 WARPGROUPS = 2
+WG_FEATURES = TILE_N // WARPGROUPS  # two 64-row WGMMA blocks per warpgroup
+BLOCKS = WG_FEATURES // 64
 THREADS = 128 * WARPGROUPS
-STAGES = 3  # e4m3 TMA ring: 3 x 24 KB
-BF16_BUFS = 3  # bf16 WGMMA operands: 3 x 48 KB (see the module docstring)
+STAGES = 6  # e4m3 TMA ring: 6 x 24 KB; it also holds the staged output tile (66 KB)
+TOK_BUFS = 3  # bf16 token operands: 3 x 16 KB (see the module docstring); also the staged h tile
+NARROW = 32  # tiles with at most this many tokens use 64 x NARROW WGMMAs
 GLU = 32
 OUT_ROW_BYTES = TILE_N * 2 + 16  # staged bf16 output rows; +16 spreads stmatrix rows over banks
 CHUNK = 16  # bytes of e4m3 per conversion chunk
@@ -90,12 +100,13 @@ class MXGroupedGemmSm90Kernel:
                  hq_row: cute.Pointer, hs_row: cute.Pointer, hq_col: cute.Pointer, hs_col: cute.Pointer,
                  tokens: Int32, num_experts: Int32, num_tiles: Int32, stream: cuda.CUstream):
         N, K = self.n, self.k
-        row = cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
         a8_smem = cute.make_layout((TILE_M, TILE_K, STAGES), stride=(TILE_K, 1, TILE_M * TILE_K))
         b8_smem = cute.make_layout((TILE_N, TILE_K, STAGES), stride=(TILE_K, 1, TILE_N * TILE_K))
-        a16_smem = sm90_utils.make_smem_layout_a(row, self.tile_mnk, BFloat16, BF16_BUFS)
-        b16_smem = sm90_utils.make_smem_layout_b(row, self.tile_mnk, BFloat16, BF16_BUFS)
-        tiled_mma = make_tiled_mma_bf16(WARPGROUPS, TILE_N)
+        # tokens are the WGMMA's B operand: (N = TILE_M tokens, K) per buffer, 128-byte swizzled
+        t16_smem = sm90_utils.make_smem_layout_b(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR, (64, TILE_M, TILE_K),
+                                                 BFloat16, TOK_BUFS)
+        mma_wide = make_tiled_mma_bf16(1, TILE_M, a_in_registers=True)
+        mma_narrow = make_tiled_mma_bf16(1, NARROW, a_in_registers=True)
         # TMA over the e4m3 bytes, into plain row-major stages
         tma_a, tma_mA, tma_b, tma_mB = grouped_tma_atoms(
             a, b, tokens, num_experts, N, K, cute.slice_(a8_smem, (None, None, 0)),
@@ -106,21 +117,21 @@ class MXGroupedGemmSm90Kernel:
             bars: cute.struct.MemRange[cutlass.Int64, STAGES * 2]
             sA8: cute.struct.Align[cute.struct.MemRange[Uint8, cute.cosize(a8_smem)], 1024]
             sB8: cute.struct.Align[cute.struct.MemRange[Uint8, cute.cosize(b8_smem)], 1024]
-            sA16: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(a16_smem)], 1024]
-            sB16: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b16_smem)], 1024]
+            sT16: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(t16_smem)], 1024]
 
         self.shared_storage = SharedStorage
         self.kernel(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, offsets, out, probs, h, hq_row, hs_row,
-                    hq_col, hs_col, tokens, num_experts, num_tiles, tiled_mma, a8_smem, b8_smem, a16_smem,
-                    b16_smem).launch(grid=[N // TILE_N, num_tiles, 1], block=[THREADS, 1, 1], stream=stream)
+                    hq_col, hs_col, tokens, num_experts, num_tiles, mma_wide, mma_narrow, a8_smem, b8_smem,
+                    t16_smem).launch(grid=[N // TILE_N, num_tiles, 1], block=[THREADS, 1, 1],
+                                                 stream=stream)
 
     @cute.kernel
     def kernel(self, tma_a: cute.CopyAtom, tma_mA: cute.Tensor, tma_b: cute.CopyAtom, tma_mB: cute.Tensor,
                a_scale: cute.Pointer, b_scale: cute.Pointer, offsets: cute.Pointer, out: cute.Pointer,
                probs: cute.Pointer, h: cute.Pointer, hq_row: cute.Pointer, hs_row: cute.Pointer,
                hq_col: cute.Pointer, hs_col: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32,
-               tiled_mma: cute.TiledMma, a8_smem: cute.Layout, b8_smem: cute.Layout,
-               a16_smem: cute.ComposedLayout, b16_smem: cute.ComposedLayout):
+               mma_wide: cute.TiledMma, mma_narrow: cute.TiledMma, a8_smem: cute.Layout, b8_smem: cute.Layout,
+               t16_smem: cute.ComposedLayout):
         tidx, _, _ = cute.arch.thread_idx()
         n_tile, tile, _ = cute.arch.block_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
@@ -131,13 +142,13 @@ class MXGroupedGemmSm90Kernel:
 
         smem = cutlass.memory.SmemAllocator()
         storage = smem.allocate(self.shared_storage)
-        # epilogue staging reuses the operand buffers: bf16 out tile in the bf16 B buffers (96 KB),
-        # the h tile in the e4m3 B ring (48 KB)
-        out_stage = storage.sB16.data_ptr().toint()
-        h_stage = storage.sB8.data_ptr().toint()
+        # epilogue staging reuses the operand buffers: the bf16 out tile in the e4m3 ring (144 KB),
+        # the h tile in the bf16 token buffers (48 KB)
+        out_stage = storage.sA8.data_ptr().toint()
+        h_stage = storage.sT16.data_ptr().toint()
         if rows > 0:
             self.mainloop_and_store(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows,
-                                    n_tile, tidx, warp, storage, tiled_mma, a8_smem, b8_smem, a16_smem, b16_smem)
+                                    n_tile, tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem)
             if cutlass.const_expr(self.swiglu):
                 self.swiglu_epilogue(probs, h, out_stage, h_stage, row0, rows, n_tile, tidx)
         if cutlass.const_expr(self.swiglu and (self.h_row or self.h_col)):
@@ -155,15 +166,14 @@ class MXGroupedGemmSm90Kernel:
 
     @cute.jit
     def mainloop_and_store(self, tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows, n_tile,
-                           tidx, warp, storage, tiled_mma, a8_smem, b8_smem, a16_smem, b16_smem):
+                           tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem):
         K = self.k
         if warp == 0:
             cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
             cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
         sA8 = storage.sA8.get_tensor(a8_smem)
         sB8 = storage.sB8.get_tensor(b8_smem)
-        sA16 = storage.sA16.get_tensor(a16_smem.outer, swizzle=a16_smem.inner)
-        sB16 = storage.sB16.get_tensor(b16_smem.outer, swizzle=b16_smem.inner)
+        sT16 = storage.sT16.get_tensor(t16_smem.outer, swizzle=t16_smem.inner)
 
         # ---- TMA views and pipeline (kernels/sm90/parts.py)
         tAgA, tAsA, tBgB, tBsB = tma_tile_partitions(tma_a, tma_mA, sA8, tma_b, tma_mB, sB8, row0, e, n_tile,
@@ -176,98 +186,133 @@ class MXGroupedGemmSm90Kernel:
                 load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
                 prod.advance()
 
-        # ---- WGMMA partitions over the bf16 buffers
-        wg, tCrA, tCrB, acc, k_blocks = mma_partitions(tiled_mma, sA16, sB16, tidx, (TILE_M, TILE_N))
+        # ---- WGMMA (per warpgroup: features x tokens): A fragments in registers, B over the buffers
+        wg = cute.arch.make_warp_uniform(tidx // 128)
+        narrow = rows <= NARROW
+        thr_w = mma_wide.get_slice(tidx % 128)
+        thr_n = mma_narrow.get_slice(tidx % 128)
+        tCrB = mma_wide.make_fragment_B(thr_w.partition_B(sT16))
+        # narrow: the first NARROW token rows of each buffer (same swizzled rows)
+        tCrB_n = mma_narrow.make_fragment_B(thr_n.partition_B(
+            cute.local_tile(sT16, (NARROW, TILE_K, TOK_BUFS), (0, 0, 0))))
+        acc = [cute.make_rmem_tensor(thr_w.partition_shape_C((64, TILE_M)), Float32) for _ in range(BLOCKS)]
+        # the narrow accumulators are the first NARROW / 8 n-blocks of the wide ones (same registers)
+        acc_n = [cute.make_tensor(x.iterator, cute.make_layout(thr_n.partition_shape_C((64, NARROW)))) for x in acc]
+        rA = [mma_wide.make_fragment_A(thr_w.partition_shape_A((64, TILE_K))) for _ in range(BLOCKS)]
+        rA32 = [cute.make_tensor(cute.recast_ptr(x.iterator, dtype=Uint32), cute.make_layout(TILE_K // 4))
+                for x in rA]
+        k_blocks = cute.size(rA[0], mode=[2])
 
-        # ---- conversion ownership: thread t converts the 16-byte chunk (t % 4) of rows t // 4 + 64 i
+        # ---- token conversion: thread t converts the 16-byte chunk (t % 4) of rows t // 4 + 64 i
         kc = tidx % 4
         r0 = tidx // 4
         kb = K // 32
         a8 = storage.sA8.data_ptr().toint()
         b8 = storage.sB8.data_ptr().toint()
-        a16 = storage.sA16.data_ptr().toint()
-        b16 = storage.sB16.data_ptr().toint()
+        t16 = storage.sT16.data_ptr().toint()
         a_sc = []
         for i in cutlass.range_constexpr(TILE_M // 64):
             # rows past T hold TMA zeros; any in-bounds scale byte serves them
             r = cutlass.min(row0 + r0 + 64 * i, tokens - 1)
             a_sc.append(a_scale.toint() + Int64(r) * kb + kc // 2)
-        b_sc = []
-        for i in cutlass.range_constexpr(TILE_N // 64):
-            b_sc.append(b_scale.toint() + (Int64(e) * self.n + n_tile * TILE_N + r0 + 64 * i) * kb + kc // 2)
+        # ---- weight rows of this thread's A fragments: block j, half q -> feature row
+        #      128 wg + 64 j + 16 (warp % 4) + lane // 4 + 8 q; its 16 bytes are chunk lane % 4
+        fc = tidx % 4
+        f_rows = [wg * WG_FEATURES + 64 * (i // 2) + 16 * (warp % 4) + (tidx % 32) // 4 + 8 * (i % 2)
+                  for i in range(2 * BLOCKS)]
+        b_sc = [b_scale.toint() + (Int64(e) * self.n + n_tile * TILE_N + fr) * kb + fc // 2 for fr in f_rows]
 
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, STAGES)
-        acc.fill(0.0)
-        tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        for x in acc:
+            x.fill(0.0)
+        mma_wide.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        mma_narrow.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
         buf = Int32(0)
         # scale codes run one k-tile ahead in registers: an L2 round trip per k-tile would
         # otherwise stall every warp right before its conversion
-        a0, a1 = [ld_global_u8(p) for p in a_sc]
-        b0, b1, b2, b3 = [ld_global_u8(p) for p in b_sc]
+        a_next = [ld_global_u8(p) for p in a_sc]
+        b_next = [ld_global_u8(p) for p in b_sc]
         for kt in cutlass.range(k_tiles, unroll=1):
-            a_codes = [a0, a1]
-            b_codes = [b0, b1, b2, b3]
+            a_codes = a_next
+            b_codes = b_next
             nxt = 2 * cutlass.min(kt + 1, k_tiles - 1)
-            a0, a1 = [ld_global_u8(p + nxt) for p in a_sc]
-            b0, b1, b2, b3 = [ld_global_u8(p + nxt) for p in b_sc]
-            # this warpgroup's WGMMA kt-2 is done; with the barrier of the previous iteration that
-            # covers both warpgroups' WGMMA kt-3, the last reader of buffer kt % 3
-            cute.nvgpu.warpgroup.wait_group(1)
+            a_next = [ld_global_u8(p + nxt) for p in a_sc]
+            b_next = [ld_global_u8(p + nxt) for p in b_sc]
             ab_pipe.consumer_wait(read)
-            # rows of a past the expert's end are never stored: not converting them leaves stale
-            # (finite or not) values in rows whose products no output reads
-            self.convert(a8 + read.index * (TILE_M * TILE_K), a16 + buf * (TILE_M * TILE_K * 2), r0, kc, a_codes, rows)
-            self.convert(b8 + read.index * (TILE_N * TILE_K), b16 + buf * (TILE_N * TILE_K * 2), r0, kc, b_codes,
-                         Int32(TILE_N))
+            self.convert_tokens(a8 + read.index * (TILE_M * TILE_K), t16 + buf * (TILE_M * TILE_K * 2), r0, kc,
+                                a_codes, rows)
             # generic-proxy smem writes -> visible to WGMMA (async proxy), then to every warp
             cute.arch.fence_proxy("async.shared", space="cta")
             cute.arch.sync_threads()
-            ab_pipe.consumer_release(read)
-            read.advance()
-            if warp == 0 and prod.count < k_tiles:
+            # refill the stage every warp released last iteration: never waits
+            if warp == 0 and kt > 0 and prod.count < k_tiles:
                 load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
                 prod.advance()
-            if wg * 64 < rows:  # a warpgroup whose 64 rows are all past the expert's end idles
+            stage = b8 + read.index * (TILE_N * TILE_K)
+            for j in cutlass.range_constexpr(BLOCKS):
+                # WGMMA (kt-1, j) read rA[j]: retire it before overwriting
+                cute.nvgpu.warpgroup.wait_group(1)
+                for q in cutlass.range_constexpr(2):
+                    i = 2 * j + q
+                    v = e4m3_to_bf16_scaled(ld_shared(stage + f_rows[i] * TILE_K + fc * CHUNK, 4), b_codes[i])
+                    for s in cutlass.range_constexpr(k_blocks):
+                        # A fragment order per k16 step: (row, k 2c), (row+8, k 2c), (row, k 2c+8), (row+8, ..)
+                        rA32[j][4 * s + q] = v[2 * s]
+                        rA32[j][4 * s + 2 + q] = v[2 * s + 1]
                 cute.nvgpu.warpgroup.fence()
-                for k in cutlass.range(k_blocks, unroll_full=True):
-                    cute.gemm(tiled_mma, acc, tCrA[(None, None, k, buf)], tCrB[(None, None, k, buf)], acc)
+                if narrow:
+                    for s in cutlass.range(k_blocks, unroll_full=True):
+                        cute.gemm(mma_narrow, acc_n[j], rA[j][(None, None, s)], tCrB_n[(None, None, s, buf)],
+                                  acc_n[j])
+                else:
+                    for s in cutlass.range(k_blocks, unroll_full=True):
+                        cute.gemm(mma_wide, acc[j], rA[j][(None, None, s)], tCrB[(None, None, s, buf)], acc[j])
                 cute.nvgpu.warpgroup.commit_group()
+            ab_pipe.consumer_release(read)
+            read.advance()
             buf = buf + 1
-            if buf == BF16_BUFS:
+            if buf == TOK_BUFS:
                 buf = Int32(0)
         cute.nvgpu.warpgroup.wait_group(0)
-        # every warp is past its last WGMMA: the operand buffers can hold the output tile
+        # every warp is past its last WGMMA: the e4m3 ring can hold the output tile
         cute.arch.sync_threads()
-        self.store_acc_bf16(acc, tiled_mma, storage, out, row0, rows, n_tile, tidx)
+        self.store_acc_bf16(acc, mma_wide, storage, out, row0, rows, n_tile, tidx)
 
     @cute.jit
-    def convert(self, src: Int32, dst: Int32, r0: Int32, kc: Int32, codes: list, rows: Int32):
-        """e4m3 stage (rows of 64 bytes) -> bf16 buffer (rows of 128 bytes, 16-byte chunk c of row
-        r at ``c ^ (r % 8)``: the 128-byte swizzle WGMMA reads); rows >= ``rows`` are skipped."""
+    def convert_tokens(self, src: Int32, dst: Int32, r0: Int32, kc: Int32, codes: list, rows: Int32):
+        """e4m3 token rows (64 bytes per stage row) -> bf16 B operand rows (128 bytes, 128-byte
+        swizzle: 16-byte chunk c of row r at ``c ^ (r % 8)``), in the weights' A-fragment k order:
+        bytes 4s + 2h + (0, 1) of chunk kc are WGMMA k 16s + 8h + 2kc + (0, 1). Rows >= ``rows``
+        are skipped: their stale values only reach output columns that are never stored."""
         for i in cutlass.range_constexpr(len(codes)):
             r = r0 + 64 * i
             if r < rows:
-                w = ld_shared(src + r * TILE_K + kc * CHUNK, 4)
-                v = e4m3_to_bf16_scaled(w, codes[i])
+                v = e4m3_to_bf16_scaled(ld_shared(src + r * TILE_K + kc * CHUNK, 4), codes[i])
                 sw = r % 8
-                st_shared(dst + r * 128 + ((2 * kc) ^ sw) * 16, v[0:4])
-                st_shared(dst + r * 128 + ((2 * kc + 1) ^ sw) * 16, v[4:8])
+                for s in cutlass.range_constexpr(4):
+                    for hh in cutlass.range_constexpr(2):
+                        st_shared(dst + r * 128 + ((2 * s + hh) ^ sw) * 16 + kc * 4, [v[2 * s + hh]])
 
     @cute.jit
     def store_acc_bf16(self, acc, tiled_mma, storage, out, row0, rows, n_tile, tidx):
-        """Accumulators -> bf16 tile staged in shared memory (stmatrix) -> the expert's rows of
-        ``out`` [T, N] (16-byte stores). The staged tile stays for the SwiGLU epilogue."""
-        s_out = cute.make_tensor(storage.sB16.data_ptr(),
-                                 cute.make_layout((TILE_M, TILE_N), stride=(OUT_ROW_BYTES // 2, 1)))
-        stage_acc_bf16(acc, tiled_mma, s_out, tidx)
+        """Accumulators (features x tokens) -> bf16 [token][feature] tile staged in shared memory
+        (transposing stmatrix) -> the expert's rows of ``out`` [T, N] (16-byte stores). The staged
+        tile stays for the SwiGLU epilogue."""
+        stage_i = storage.sA8.data_ptr().toint()
+        wg = tidx // 128
+        for j in cutlass.range_constexpr(BLOCKS):
+            # this block's 64 features are columns 128 wg + 64 j of the token-major tile
+            col0 = cute.make_ptr(BFloat16, stage_i + (wg * WG_FEATURES + 64 * j) * 2, cute.AddressSpace.smem,
+                                 assumed_align=16)
+            s_out = cute.make_tensor(col0, cute.make_layout((64, TILE_M), stride=(1, OUT_ROW_BYTES // 2)))
+            stage_acc_bf16(acc[j], tiled_mma, s_out, tidx % 128, transposed=True)
         cute.arch.sync_threads()
-        stage = storage.sB16.data_ptr().toint()
         per_row = TILE_N * 2 // 16  # 16-byte chunks per row
         ch = tidx % per_row
         base = out.toint() + (Int64(row0) * self.n + n_tile * TILE_N + ch * 8) * 2
         for p in cutlass.range_constexpr(TILE_M * per_row // THREADS):
             r = tidx // per_row + p * (THREADS // per_row)
-            w = ld_shared(stage + r * OUT_ROW_BYTES + ch * 16, 4)
+            w = ld_shared(stage_i + r * OUT_ROW_BYTES + ch * 16, 4)
             st_global(base + Int64(r) * (self.n * 2), w, r < rows)
 
     @cute.jit

@@ -60,9 +60,11 @@ def mma_partitions(tiled_mma, sA, sB, tidx, tile_mn: cutlass.Constexpr):
 
 
 @cute.jit
-def stage_acc_bf16(acc, tiled_mma, s_out, tidx):
-    """fp32 accumulators -> bf16 -> the shared-memory tile ``s_out`` by stmatrix (x4)."""
-    st_atom = sm90_utils.get_smem_store_op(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR, BFloat16, Float32)
+def stage_acc_bf16(acc, tiled_mma, s_out, tidx, transposed: cutlass.Constexpr = False):
+    """fp32 accumulators -> bf16 -> the shared-memory tile ``s_out`` by stmatrix (x4); ``transposed``:
+    ``s_out`` is M-contiguous (stmatrix.trans)."""
+    layout = cutlass.tensor_utils.LayoutEnum.COL_MAJOR if transposed else cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
+    st_atom = sm90_utils.get_smem_store_op(layout, BFloat16, Float32)
     r2s = cute.make_tiled_copy_S(st_atom, cute.make_tiled_copy_C_atom(st_atom, tiled_mma))
     thr_r2s = r2s.get_slice(tidx)
     tRS_acc = r2s.retile(acc)
@@ -75,12 +77,13 @@ def stage_acc_bf16(acc, tiled_mma, s_out, tidx):
     cute.copy(r2s, tRS, thr_r2s.partition_D(s_out))
 
 
-def make_tiled_mma_bf16(warpgroups: int, tile_n: int):
+def make_tiled_mma_bf16(warpgroups: int, tile_n: int, a_in_registers: bool = False):
     """BF16 WGMMA, fp32 accumulate: ``warpgroups`` along M, each 64 x ``tile_n``, operands K-major
-    from shared memory."""
+    from shared memory (A from registers when ``a_in_registers``)."""
+    src = cute.nvgpu.warpgroup.OperandSource.RMEM if a_in_registers else cute.nvgpu.warpgroup.OperandSource.SMEM
     return sm90_utils.make_trivial_tiled_mma(
         BFloat16, BFloat16, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
-        Float32, (warpgroups, 1, 1), tiler_mn=(64, tile_n))
+        Float32, (warpgroups, 1, 1), tiler_mn=(64, tile_n), a_source=src)
 
 
 def grouped_tma_atoms(a, b, tokens, num_experts, n: int, k: int, a_stage, b_stage, tile_mnk):
