@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cute_moe.functional import swiglu
-from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
+from cute_moe.kernels.sm90.mx_grouped_gemm import dequantize_rowwise_kperm, kperm_rowwise, mx_grouped_gemm_sm90
 from cute_moe.quant import quantize
 from cute_moe.quant.api import exclusive_offsets, quantize_mxfp8
 from cute_moe.quant.layout import swizzle_scales
@@ -158,6 +158,49 @@ def test_rejects_bad_operands():
         mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets[:2])
     with pytest.raises(ValueError, match="swiglu"):
         mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, h_row=True)
+
+
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_dequantized_tokens_bit_identical(swiglu):
+    """a_dequant (bf16 tokens TMA'd straight into the operand layout) gives the MXFP8 path's bytes,
+    over narrow (<= 32 tokens) and wide tiles, empty and 1-token experts."""
+    sizes = [0, 1, 33, 130, 5, 0, 77, 32]
+    (aq, as_, _), (bq, bs, _), offsets = _problem(sizes, 512, 384, seed=11, spread=6)
+    kw = {}
+    if swiglu:
+        kw = dict(swiglu=True, probs=torch.rand(sum(sizes), device="cuda"), h_bf16=True, h_row=True, h_col=True,
+                  swizzled=True)
+    ref = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, **kw)
+    got = mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=dequantize_rowwise_kperm(aq, as_),
+                               _poison=True, **kw)
+    if not swiglu:
+        ref, got = {"y": ref}, {"y": got}
+    for name, r in ref.items():
+        g = got[name]
+        for rt, gt in zip(r if isinstance(r, tuple) else (r,), g if isinstance(g, tuple) else (g,)):
+            assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
+
+
+def test_kperm_rowwise_order():
+    x = torch.arange(128, device="cuda").view(1, 128)
+    p = kperm_rowwise(x)[0].tolist()
+    for base in (0, 64):
+        for s in range(4):
+            for h in range(2):
+                for c in range(4):
+                    for e in range(2):
+                        assert p[base + 16 * s + 8 * h + 2 * c + e] == base + 16 * c + 4 * s + 2 * h + e
+
+
+def test_rejects_bad_dequantized_tokens():
+    (aq, as_, _), (bq, bs, _), offsets = _problem([3, 4], 256, 256)
+    ad = dequantize_rowwise_kperm(aq, as_)
+    with pytest.raises(ValueError, match="not both"):
+        mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, a_dequant=ad)
+    with pytest.raises(ValueError, match="a_dequant must be"):
+        mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad.float())
+    with pytest.raises(ValueError, match="required"):
+        mx_grouped_gemm_sm90(None, as_, bq, bs, offsets)
 
 
 def test_dequantization_every_e4m3_byte_and_edge_codes():

@@ -80,7 +80,7 @@ class MXGroupedGemmSm90Kernel:
     threads = THREADS
 
     def __init__(self, n: int, k: int, swiglu: bool = False, with_probs: bool = False, h_bf16: bool = False,
-                 h_row: bool = False, h_col: bool = False, swizzled: bool = False):
+                 h_row: bool = False, h_col: bool = False, swizzled: bool = False, tokens_bf16: bool = False):
         if k <= 0 or k % TILE_K:
             raise ValueError(f"K must be a positive multiple of {TILE_K}, got {k}")
         if n <= 0 or n % TILE_N:
@@ -93,6 +93,8 @@ class MXGroupedGemmSm90Kernel:
         self.hidden = n // 2
         self.k_tiles = k // TILE_K
         self.tile_mnk = (TILE_M, TILE_N, TILE_K)
+        # tokens_bf16: ``a`` is already dequantized bf16, K-permuted into the A-fragment order
+        self.tokens_bf16 = tokens_bf16
 
     @cute.jit
     def __call__(self, a: cute.Pointer, a_scale: cute.Pointer, b: cute.Pointer, b_scale: cute.Pointer,
@@ -100,7 +102,11 @@ class MXGroupedGemmSm90Kernel:
                  hq_row: cute.Pointer, hs_row: cute.Pointer, hq_col: cute.Pointer, hs_col: cute.Pointer,
                  tokens: Int32, num_experts: Int32, num_tiles: Int32, stream: cuda.CUstream):
         N, K = self.n, self.k
-        a8_smem = cute.make_layout((TILE_M, TILE_K, STAGES), stride=(TILE_K, 1, TILE_M * TILE_K))
+        if cutlass.const_expr(self.tokens_bf16):
+            a8_smem = sm90_utils.make_smem_layout_b(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR,
+                                                    (64, TILE_M, TILE_K), BFloat16, STAGES)
+        else:
+            a8_smem = cute.make_layout((TILE_M, TILE_K, STAGES), stride=(TILE_K, 1, TILE_M * TILE_K))
         b8_smem = cute.make_layout((TILE_N, TILE_K, STAGES), stride=(TILE_K, 1, TILE_N * TILE_K))
         # tokens are the WGMMA's B operand: (N = TILE_M tokens, K) per buffer, 128-byte swizzled
         t16_smem = sm90_utils.make_smem_layout_b(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR, (64, TILE_M, TILE_K),
@@ -112,12 +118,15 @@ class MXGroupedGemmSm90Kernel:
             a, b, tokens, num_experts, N, K, cute.slice_(a8_smem, (None, None, 0)),
             cute.slice_(b8_smem, (None, None, 0)), self.tile_mnk)
 
+        a_bytes = TILE_M * TILE_K * STAGES * (2 if self.tokens_bf16 else 1)
+        t16_elems = 1024 if self.tokens_bf16 else cute.cosize(t16_smem)
+
         @cute.struct
         class SharedStorage:
             bars: cute.struct.MemRange[cutlass.Int64, STAGES * 2]
-            sA8: cute.struct.Align[cute.struct.MemRange[Uint8, cute.cosize(a8_smem)], 1024]
+            sA8: cute.struct.Align[cute.struct.MemRange[Uint8, a_bytes], 1024]
             sB8: cute.struct.Align[cute.struct.MemRange[Uint8, cute.cosize(b8_smem)], 1024]
-            sT16: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(t16_smem)], 1024]
+            sT16: cute.struct.Align[cute.struct.MemRange[BFloat16, t16_elems], 1024]
 
         self.shared_storage = SharedStorage
         self.kernel(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, offsets, out, probs, h, hq_row, hs_row,
@@ -130,7 +139,7 @@ class MXGroupedGemmSm90Kernel:
                a_scale: cute.Pointer, b_scale: cute.Pointer, offsets: cute.Pointer, out: cute.Pointer,
                probs: cute.Pointer, h: cute.Pointer, hq_row: cute.Pointer, hs_row: cute.Pointer,
                hq_col: cute.Pointer, hs_col: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32,
-               mma_wide: cute.TiledMma, mma_narrow: cute.TiledMma, a8_smem: cute.Layout, b8_smem: cute.Layout,
+               mma_wide: cute.TiledMma, mma_narrow: cute.TiledMma, a8_smem, b8_smem: cute.Layout,
                t16_smem: cute.ComposedLayout):
         tidx, _, _ = cute.arch.thread_idx()
         n_tile, tile, _ = cute.arch.block_idx()
@@ -146,8 +155,10 @@ class MXGroupedGemmSm90Kernel:
         # the h tile in the bf16 token buffers (48 KB)
         out_stage = storage.sA8.data_ptr().toint()
         h_stage = storage.sT16.data_ptr().toint()
+        if cutlass.const_expr(self.tokens_bf16):
+            h_stage = storage.sB8.data_ptr().toint()
         if rows > 0:
-            self.mainloop_and_store(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows,
+            (self.mainloop_bf16_tokens if self.tokens_bf16 else self.mainloop_and_store)(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows,
                                     n_tile, tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem)
             if cutlass.const_expr(self.swiglu):
                 self.swiglu_epilogue(probs, h, out_stage, h_stage, row0, rows, n_tile, tidx)
@@ -279,6 +290,86 @@ class MXGroupedGemmSm90Kernel:
         self.store_acc_bf16(acc, mma_wide, storage, out, row0, rows, n_tile, tidx)
 
     @cute.jit
+    def mainloop_bf16_tokens(self, tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows,
+                             n_tile, tidx, warp, storage, mma_wide, mma_narrow, a_smem, b8_smem, t16_smem):
+        """Tokens arrive as bf16 (TMA straight into the swizzled operand layout): only the weights
+        are dequantized, and the warpgroups never wait for each other."""
+        K = self.k
+        if warp == 0:
+            cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
+            cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
+        sA = cute.make_tensor(cute.recast_ptr(storage.sA8.data_ptr(), a_smem.inner, dtype=BFloat16), a_smem.outer)
+        sB8 = storage.sB8.get_tensor(b8_smem)
+        tAgA, tAsA, tBgB, tBsB = tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB8, row0, e, n_tile,
+                                                     self.tile_mnk)
+        ab_pipe = make_ab_pipeline(storage.bars.data_ptr(), STAGES, (2 * TILE_M + TILE_N) * TILE_K, THREADS // 32)
+        k_tiles = self.k_tiles
+        prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, STAGES)
+        if warp == 0:
+            for _ in cutlass.range(min(STAGES, k_tiles), unroll=1):
+                load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                prod.advance()
+        wg = cute.arch.make_warp_uniform(tidx // 128)
+        narrow = rows <= NARROW
+        thr_w = mma_wide.get_slice(tidx % 128)
+        thr_n = mma_narrow.get_slice(tidx % 128)
+        tCrB = mma_wide.make_fragment_B(thr_w.partition_B(sA))
+        tCrB_n = mma_narrow.make_fragment_B(thr_n.partition_B(cute.local_tile(sA, (NARROW, TILE_K, STAGES), (0, 0, 0))))
+        acc = [cute.make_rmem_tensor(thr_w.partition_shape_C((64, TILE_M)), Float32) for _ in range(BLOCKS)]
+        acc_n = [cute.make_tensor(x.iterator, cute.make_layout(thr_n.partition_shape_C((64, NARROW)))) for x in acc]
+        rA = [mma_wide.make_fragment_A(thr_w.partition_shape_A((64, TILE_K))) for _ in range(BLOCKS)]
+        rA32 = [cute.make_tensor(cute.recast_ptr(x.iterator, dtype=Uint32), cute.make_layout(TILE_K // 4))
+                for x in rA]
+        k_blocks = cute.size(rA[0], mode=[2])
+        kb = K // 32
+        b8 = storage.sB8.data_ptr().toint()
+        fc = tidx % 4
+        f_rows = [wg * WG_FEATURES + 64 * (i // 2) + 16 * (warp % 4) + (tidx % 32) // 4 + 8 * (i % 2)
+                  for i in range(2 * BLOCKS)]
+        b_sc = [b_scale.toint() + (Int64(e) * self.n + n_tile * TILE_N + fr) * kb + fc // 2 for fr in f_rows]
+        read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, STAGES)
+        prev = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, STAGES)
+        for x in acc:
+            x.fill(0.0)
+        mma_wide.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        mma_narrow.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        b_next = [ld_global_u8(p) for p in b_sc]
+        for kt in cutlass.range(k_tiles, unroll=1):
+            b_codes = b_next
+            nxt = 2 * cutlass.min(kt + 1, k_tiles - 1)
+            b_next = [ld_global_u8(p + nxt) for p in b_sc]
+            ab_pipe.consumer_wait(read)
+            stage = b8 + read.index * (TILE_N * TILE_K)
+            for j in cutlass.range_constexpr(BLOCKS):
+                cute.nvgpu.warpgroup.wait_group(1)
+                for q in cutlass.range_constexpr(2):
+                    i = 2 * j + q
+                    v = e4m3_to_bf16_scaled(ld_shared(stage + f_rows[i] * TILE_K + fc * CHUNK, 4), b_codes[i])
+                    for s in cutlass.range_constexpr(k_blocks):
+                        rA32[j][4 * s + q] = v[2 * s]
+                        rA32[j][4 * s + 2 + q] = v[2 * s + 1]
+                cute.nvgpu.warpgroup.fence()
+                if narrow:
+                    for s in cutlass.range(k_blocks, unroll_full=True):
+                        cute.gemm(mma_narrow, acc_n[j], rA[j][(None, None, s)], tCrB_n[(None, None, s, read.index)],
+                                  acc_n[j])
+                else:
+                    for s in cutlass.range(k_blocks, unroll_full=True):
+                        cute.gemm(mma_wide, acc[j], rA[j][(None, None, s)], tCrB[(None, None, s, read.index)], acc[j])
+                cute.nvgpu.warpgroup.commit_group()
+            # every WGMMA of k-tile kt-1 has retired (the waits above): its stage goes back to TMA
+            if kt > 0:
+                ab_pipe.consumer_release(prev)
+                prev.advance()
+                if warp == 0 and prod.count < k_tiles:
+                    load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                    prod.advance()
+            read.advance()
+        cute.nvgpu.warpgroup.wait_group(0)
+        cute.arch.sync_threads()
+        self.store_acc_bf16(acc, mma_wide, storage, out, row0, rows, n_tile, tidx)
+
+    @cute.jit
     def convert_tokens(self, src: Int32, dst: Int32, r0: Int32, kc: Int32, codes: list, rows: Int32):
         """e4m3 token rows (64 bytes per stage row) -> bf16 B operand rows (128 bytes, 128-byte
         swizzle: 16-byte chunk c of row r at ``c ^ (r % 8)``), in the weights' A-fragment k order:
@@ -356,19 +447,19 @@ class MXGroupedGemmSm90Kernel:
 
 # --- host side --------------------------------------------------------------------------------
 
-def _placeholder_args():
+def _placeholder_args(tokens_bf16=False):
     u8 = Uint8
     # a, a_scale, b, b_scale, offsets, out, probs, h, hq_row, hs_row, hq_col, hs_col, T, E, tiles, stream
-    return (gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(Int32), gmem_ptr(BFloat16),
+    return (gmem_ptr(BFloat16 if tokens_bf16 else u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(Int32), gmem_ptr(BFloat16),
             gmem_ptr(Float32), gmem_ptr(BFloat16), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8),
             Int32(1), Int32(1), Int32(1), stream_arg())
 
 
 def compiled_mx_grouped_gemm_kernel(n, k, flags=(False,) * 6, arch=None, keep_ptx=False):
-    """``flags`` = (swiglu, with_probs, h_bf16, h_row, h_col, swizzled)."""
+    """``flags`` = (swiglu, with_probs, h_bf16, h_row, h_col, swizzled[, tokens_bf16])."""
     flags = tuple(bool(f) for f in flags)
     return compile_kernel(("mx_grouped_gemm_sm90", n, k, flags), lambda: MXGroupedGemmSm90Kernel(n, k, *flags),
-                          _placeholder_args(), arch or target_arch(), keep_ptx)
+                          _placeholder_args(len(flags) > 6 and flags[6]), arch or target_arch(), keep_ptx)
 
 
 def _check_mx_operand(q, s, shape, name):
@@ -382,12 +473,31 @@ def _check_mx_operand(q, s, shape, name):
                          f"{s.dtype} {tuple(s.shape)}")
 
 
+def kperm_rowwise(x: torch.Tensor) -> torch.Tensor:
+    """[T, K] -> the same values with K permuted inside each 64-wide k-tile into the weights'
+    A-fragment order (the kernel's token operand order): position 16s + 8h + 2c + e holds column
+    16c + 4s + 2h + e. Used for ``a_dequant``; any [T, K] tensor, K a multiple of 64."""
+    t, k = x.shape
+    return x.view(t, k // 64, 4, 4, 2, 2).permute(0, 1, 3, 4, 2, 5).reshape(t, k)
+
+
+def dequantize_rowwise_kperm(a_q: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
+    """Reference producer of ``a_dequant``: exact bf16 dequantization of rowwise MXFP8 ``a``
+    (plain scales), K-permuted by :func:`kperm_rowwise` (torch ops: a reference, not a fast path)."""
+    t, k = a_q.shape
+    x = a_q.float().view(t, k // 32, 32) * torch.exp2(a_s.float() - 127).unsqueeze(-1)
+    return kperm_rowwise(x.view(t, k).to(torch.bfloat16)).contiguous()
+
+
 def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=None, h_bf16=False, h_row=False,
-                         h_col=False, swizzled=False, _poison=None):
+                         h_col=False, swizzled=False, a_dequant=None, _poison=None):
     """Launch the SM90 MXFP8 grouped GEMM on rowwise MXFP8 operands (plain scales).
 
     a_q e4m3 [T, K] with a_s uint8 [T, K/32]; b_q e4m3 [E, N, K] with b_s [E, N, K/32]; offsets
     int32 [E+1] on the device (exclusive cumsum of split sizes, ``offsets[E] == T``; not read here).
+    ``a_dequant``: instead of ``a_q`` / ``a_s`` (pass None for them), a's exact bf16 values
+    [T, K], K-permuted by :func:`kperm_rowwise`: the tokens then skip the in-kernel dequantization
+    (TMA straight into WGMMA's layout); outputs are bit-identical to the MXFP8 ``a`` path.
     Returns ``out`` bf16 [T, N] (FC2: y) when ``swiglu`` is False; else a dict with ``z`` [T, N] and,
     as asked, ``h`` bf16 [T, N/2], ``h_row`` / ``h_col`` as (data, scales) of the MXFP8 ``h``
     (columnwise blocks per expert; plain or swizzled scales).
@@ -396,11 +506,23 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     """
     if offsets.dtype != torch.int32 or offsets.dim() != 1:
         raise TypeError(f"offsets must be a 1-D int32 tensor, got {offsets.dtype} {tuple(offsets.shape)}")
-    if a_q.dim() != 2 or b_q.dim() != 3:
-        raise ValueError(f"a must be [T, K] and b [E, N, K], got {tuple(a_q.shape)} and {tuple(b_q.shape)}")
-    tokens, k = a_q.shape
+    if a_dequant is not None:
+        if a_q is not None or a_s is not None:
+            raise ValueError("give either a_q / a_s (MXFP8) or a_dequant (bf16), not both")
+        if a_dequant.dtype != torch.bfloat16 or a_dequant.dim() != 2 or not a_dequant.is_contiguous():
+            raise ValueError(f"a_dequant must be a contiguous bf16 [T, K] tensor, got {a_dequant.dtype} "
+                             f"{tuple(a_dequant.shape)}")
+        a_shape = a_dequant.shape
+    else:
+        if a_q is None or a_s is None:
+            raise ValueError("a_q and a_s are required unless a_dequant is given")
+        a_shape = a_q.shape
+    if len(a_shape) != 2 or b_q.dim() != 3:
+        raise ValueError(f"a must be [T, K] and b [E, N, K], got {tuple(a_shape)} and {tuple(b_q.shape)}")
+    tokens, k = a_shape
     num_experts, n, _ = b_q.shape
-    _check_mx_operand(a_q, a_s, (tokens, k), "a")
+    if a_dequant is None:
+        _check_mx_operand(a_q, a_s, (tokens, k), "a")
     _check_mx_operand(b_q, b_s, (num_experts, n, k), "b")
     if offsets.shape[0] != num_experts + 1:
         raise ValueError(f"offsets must have E+1 = {num_experts + 1} entries, got {offsets.shape[0]}")
@@ -412,7 +534,7 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         raise ValueError(f"probs must be fp32 [T={tokens}], got {probs.dtype} {tuple(probs.shape)}")
     if not swiglu and (probs is not None or h_bf16 or h_row or h_col):
         raise ValueError("probs and h outputs need swiglu=True")
-    dev = a_q.device
+    dev = b_q.device
     tiles = grouped_tiles(tokens, num_experts)
     hidden = n // 2
 
@@ -432,10 +554,10 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     if tokens > 0 and tiles > 0:
         if tiles > 65535:  # placed tiles run along grid y
             raise ValueError(f"{tokens} tokens over {num_experts} experts need {tiles} M tiles, more than 65535")
-        flags = (swiglu, probs is not None, h_bf16, h_row, h_col, swizzled)
+        flags = (swiglu, probs is not None, h_bf16, h_row, h_col, swizzled) + ((True,) if a_dequant is not None else ())
         kern = compiled_mx_grouped_gemm_kernel(n, k, flags, target_arch(dev))
         u8 = Uint8
-        kern(gmem_ptr(u8, a_q), gmem_ptr(u8, a_s), gmem_ptr(u8, b_q), gmem_ptr(u8, b_s), gmem_ptr(Int32, offsets),
+        kern(gmem_ptr(u8, a_q) if a_dequant is None else gmem_ptr(BFloat16, a_dequant), gmem_ptr(u8, a_s), gmem_ptr(u8, b_q), gmem_ptr(u8, b_s), gmem_ptr(Int32, offsets),
              gmem_ptr(BFloat16, out), gmem_ptr(Float32, probs), gmem_ptr(BFloat16, h), gmem_ptr(u8, hq_row),
              gmem_ptr(u8, hs_row), gmem_ptr(u8, hq_col), gmem_ptr(u8, hs_col), Int32(tokens), Int32(num_experts),
              Int32(tiles), stream_arg(torch.cuda.current_stream(dev)))
