@@ -5,8 +5,11 @@
 Per shape (training and decode):
 - torch bf16 anchors, re-measured here: FC1 = ``torch._grouped_mm`` + SwiGLU (``silu(g) * u`` on the
   interleaved output), FC2 = ``torch._grouped_mm``;
-- cute_moe FC1: MXFP8 x, W1 -> bf16 z (saved for backward) + h = p * silu(g) * u as MXFP8 rowwise and
-  columnwise (one kernel); FC2: MXFP8 h, W2 -> bf16 y;
+- cute_moe FC1 as the fused forward runs it: MXFP8 W1, x as the exact bf16 dequantization of its
+  MXFP8 values (written by the quantize pass, K-permuted) -> bf16 z (saved for backward) + h =
+  p * silu(g) * u as MXFP8 columnwise and as the dequantized rowwise MXFP8 that FC2 reads (one
+  kernel); FC2: that h, MXFP8 W2 -> bf16 y. Also ("mx" columns) the kernels on MXFP8 tokens, which
+  dequantize them in the kernel too (FC1 then writes MXFP8 rowwise h);
 - quack's ``gemm_act(..., activation="swiglu")`` as a peer when ``quack`` imports (bf16, its own layout).
 Decode rows also give the bytes of expert weights the kernel must read (only touched experts) as GB/s
 against the copy bandwidth measured in the same run. The first call's time (compile + run, the DSL's
@@ -21,6 +24,7 @@ import torch
 from triton.testing import do_bench
 
 from bench_mlp import SHAPES, split_sizes  # bench/ is on sys.path when run as a script
+from cute_moe.kernels.quantize import quantize_mxfp8_cuda
 from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
 from cute_moe.quant.api import exclusive_offsets, quantize_mxfp8
 
@@ -78,6 +82,7 @@ def run_shape(name, sizes, k, h, compile_times, peer):
     w1 = torch.randn(e, 2 * h, k, device=dev, dtype=torch.bfloat16) / k**0.5
     p = torch.rand(t, device=dev)
     xq = quantize_mxfp8(x)[0]
+    xd = quantize_mxfp8_cuda(x, row_dequant=True)[0]
     w1q, w1s = mx_rows(w1)
     w1t = w1.transpose(1, 2)
 
@@ -87,6 +92,10 @@ def run_shape(name, sizes, k, h, compile_times, peer):
         return torch.nn.functional.silu(v[:, :, 0]) * v[:, :, 1]
 
     def ours_fc1():
+        return mx_grouped_gemm_sm90(None, None, w1q, w1s, offsets, swiglu=True, probs=p, h_dequant=True, h_col=True,
+                                    a_dequant=xd)
+
+    def ours_fc1_mx():
         return mx_grouped_gemm_sm90(xq.data, xq.scale, w1q, w1s, offsets, swiglu=True, probs=p, h_row=True, h_col=True)
 
     key = ("fc1", 2 * h, k)
@@ -96,6 +105,9 @@ def run_shape(name, sizes, k, h, compile_times, peer):
     flops = 2 * t * k * 2 * h
     r["torch_fc1_ms"] = bench(torch_fc1)
     r["ours_fc1_ms"] = bench(ours_fc1)
+    ours_fc1_mx()  # compile outside the timing
+    r["ours_fc1_mx_ms"] = bench(ours_fc1_mx)
+    r["fc1_mx_speedup"] = r["torch_fc1_ms"] / r["ours_fc1_mx_ms"]
     r["fc1_speedup"] = r["torch_fc1_ms"] / r["ours_fc1_ms"]
     r["ours_fc1_tflops"] = flops / r["ours_fc1_ms"] / 1e9
     r["torch_fc1_tflops"] = flops / r["torch_fc1_ms"] / 1e9
@@ -109,17 +121,21 @@ def run_shape(name, sizes, k, h, compile_times, peer):
             r["quack_fc1_ms"] = bench(lambda: peer(x, w1_kn, activation="swiglu", cu_seqlens_m=offsets))
         except Exception as exc:  # the peer's API moves; say why there is no number
             r["quack_fc1_error"] = f"{type(exc).__name__}: {exc}"[:200]
-    del w1, w1t, w1q, w1s, x, xq
+    del w1, w1t, w1q, w1s, x, xq, xd
     torch.cuda.empty_cache()
 
     # ---- FC2
     hb = torch.randn(t, h, device=dev, dtype=torch.bfloat16)
     w2 = torch.randn(e, k, h, device=dev, dtype=torch.bfloat16) / h**0.5
     hq = quantize_mxfp8(hb)[0]
+    hd = quantize_mxfp8_cuda(hb, row_dequant=True)[0]
     w2q, w2s = mx_rows(w2)
     w2t = w2.transpose(1, 2)
 
     def ours_fc2():
+        return mx_grouped_gemm_sm90(None, None, w2q, w2s, offsets, a_dequant=hd)
+
+    def ours_fc2_mx():
         return mx_grouped_gemm_sm90(hq.data, hq.scale, w2q, w2s, offsets)
 
     key = ("fc2", k, h)
@@ -128,10 +144,13 @@ def run_shape(name, sizes, k, h, compile_times, peer):
     r["fc2_first_call_s"] = compile_times[key]
     r["torch_fc2_ms"] = bench(lambda: torch._grouped_mm(hb, w2t, offs=ends))
     r["ours_fc2_ms"] = bench(ours_fc2)
+    ours_fc2_mx()
+    r["ours_fc2_mx_ms"] = bench(ours_fc2_mx)
+    r["fc2_mx_speedup"] = r["torch_fc2_ms"] / r["ours_fc2_mx_ms"]
     r["fc2_speedup"] = r["torch_fc2_ms"] / r["ours_fc2_ms"]
     r["ours_fc2_tflops"] = 2 * t * h * k / r["ours_fc2_ms"] / 1e9
     r["fc2_weight_gbps"] = touched * k * h * (1 + 1 / 32) / r["ours_fc2_ms"] / 1e6
-    del w2, w2t, w2q, w2s, hb, hq
+    del w2, w2t, w2q, w2s, hb, hq, hd
     torch.cuda.empty_cache()
     return r
 
@@ -161,14 +180,16 @@ def main():
         print(rows[-1], flush=True)
     print(f"\nGPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  copy {copy_gbps:.0f} GB/s"
           f"  quack peer: {'yes' if peer else 'not importable'}")
-    print(f"{'shape':15s} {'T':>6s} | {'FC1 torch':>9s} {'ours':>7s} {'TFLOP/s':>7s} {'speed':>5s} {'GB/s':>5s} |"
-          f" {'FC2 torch':>9s} {'ours':>7s} {'TFLOP/s':>7s} {'speed':>5s} {'GB/s':>5s} | {'quack FC1':>9s}")
+    print(f"{'shape':15s} {'T':>6s} | {'FC1 torch':>9s} {'ours':>7s} {'TFLOP/s':>7s} {'speed':>5s} {'GB/s':>5s}"
+          f" {'mx':>5s} | {'FC2 torch':>9s} {'ours':>7s} {'TFLOP/s':>7s} {'speed':>5s} {'GB/s':>5s} {'mx':>5s} |"
+          f" {'quack FC1':>9s}")
     for r in rows:
         q = r.get("quack_fc1_ms")
         print(f"{r['shape']:15s} {r['T']:6d} | {r['torch_fc1_ms']:9.3f} {r['ours_fc1_ms']:7.3f} {r['ours_fc1_tflops']:7.0f}"
-              f" {r['fc1_speedup']:5.2f} {r['fc1_weight_gbps']:5.0f} | {r['torch_fc2_ms']:9.3f} {r['ours_fc2_ms']:7.3f}"
-              f" {r['ours_fc2_tflops']:7.0f} {r['fc2_speedup']:5.2f} {r['fc2_weight_gbps']:5.0f} |"
-              f" {q if q is None else round(q, 3)!s:>9s}")
+              f" {r['fc1_speedup']:5.2f} {r['fc1_weight_gbps']:5.0f} {r['fc1_mx_speedup']:5.2f} |"
+              f" {r['torch_fc2_ms']:9.3f} {r['ours_fc2_ms']:7.3f} {r['ours_fc2_tflops']:7.0f} {r['fc2_speedup']:5.2f}"
+              f" {r['fc2_weight_gbps']:5.0f} {r['fc2_mx_speedup']:5.2f} | {q if q is None else round(q, 3)!s:>9s}")
+    print("speed: torch time / ours (bf16-dequantized tokens, the autograd path); mx: the same on MXFP8 tokens")
     print("first call (compile + run), s:", {f"{a}-N{b}-K{c}": round(v, 1) for (a, b, c), v in compile_times.items()})
     if args.json:
         with open(args.json, "w") as f:

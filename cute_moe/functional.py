@@ -8,7 +8,8 @@ operand is quantized / dequantized and how a grouped GEMM is computed.
 - ``_CudaOps``: CUDA, sm90+: CuTe DSL quantize kernels, exact dequantization to bf16 on the device,
   ``torch._grouped_mm`` (fp32 accumulate). No host syncs besides the optional input checks.
 - ``_FusedSm90Ops``: ``_CudaOps`` whose MLP forward runs the SM90 CuTe DSL MXFP8 kernels (FC1 +
-  SwiGLU + MXFP8 h, then FC2), dequantizing on chip: the same numerics, no bf16 copies of operands.
+  SwiGLU + MXFP8 h, then FC2): the same numerics; weights dequantized on chip, token operands handed
+  over as their exact bf16 dequantization by the pass that quantizes them.
 
 Which one a call gets is :func:`cute_moe.dispatch.decide`'s choice. What is stored for backward:
 MXFP8 columnwise copies of ``x`` and ``h`` (1 byte/element + scales) and ``z`` in the activation
@@ -149,9 +150,13 @@ class _CudaOps:
 
 
 class _FusedSm90Ops(_CudaOps):
-    """``_CudaOps`` with the SM90 fused forward: FC1 + SwiGLU + MXFP8 ``h`` (rowwise for FC2,
-    columnwise for FC2's wgrad) in one CuTe DSL kernel, FC2 on the MXFP8 operands in another; both
-    dequantize exactly on chip, so the numerics are the unfused path's. Backward is ``_CudaOps``'."""
+    """``_CudaOps`` with the SM90 fused forward: FC1 + SwiGLU + MXFP8 ``h`` in one CuTe DSL kernel,
+    FC2 in another; the numerics are the unfused path's. Weights reach the GEMMs as MXFP8 and are
+    dequantized in registers. Token operands (``x``, ``h``) are quantized to MXFP8 and handed over as
+    their exact bf16 dequantization, written by the quantize pass itself (x: the quantize kernel;
+    h: FC1's epilogue) in the K order the GEMM reads: they skip the in-kernel dequantization, which
+    is most of the mainloop's work (bench/RESULTS.md). The columnwise MXFP8 copies for the weight
+    gradients come from the same passes. Backward is ``_CudaOps``'."""
 
     fused_forward = True
 
@@ -164,19 +169,28 @@ class _FusedSm90Ops(_CudaOps):
         row = self._weight_row_mx(w)
         return row.data.view(e, n, k), row.scale.view(e, n, k // 32)
 
-    def fc1_swiglu(self, x_row, w1, probs, sizes, want_h_col):
-        """(bf16 z, MXFP8 rowwise h, MXFP8 columnwise h or None)."""
+    def quant_fc1_input(self, x, sizes, want_col):
+        """(dequantized Q_row(x), K-permuted bf16; MXFP8 columnwise x or None) in one pass."""
+        from .kernels.quantize import quantize_mxfp8_cuda
+
+        x16 = x.to(torch.bfloat16).contiguous()
+        x_deq, _, q_col, s_col = quantize_mxfp8_cuda(x16, True, want_col, sizes[1] if want_col else None,
+                                                     row_dequant=True)
+        x_col = MXFP8Tensor(q_col, 0, scale=s_col, split_sizes=sizes[0]) if want_col else None
+        return x_deq, x_col
+
+    def fc1_swiglu(self, x_deq, w1, probs, sizes, want_h_col):
+        """(bf16 z, dequantized Q_row(h) K-permuted for FC2, MXFP8 columnwise h or None)."""
         wq, ws = self._weight_mx(w1)
         p = None if probs is None else probs.to(torch.float32).contiguous()
-        out = mx_grouped_gemm_sm90(x_row.data, x_row.scale, wq, ws, sizes[1], swiglu=True, probs=p, h_row=True,
-                                   h_col=want_h_col)
-        h_row = MXFP8Tensor(out["h_row"][0], -1, scale=out["h_row"][1], split_sizes=sizes[0])
+        out = mx_grouped_gemm_sm90(None, None, wq, ws, sizes[1], swiglu=True, probs=p, h_dequant=True,
+                                   h_col=want_h_col, a_dequant=x_deq)
         h_col = MXFP8Tensor(out["h_col"][0], 0, scale=out["h_col"][1], split_sizes=sizes[0]) if want_h_col else None
-        return out["z"], h_row, h_col
+        return out["z"], out["h_dequant"], h_col
 
-    def fc2(self, h_row, w2, sizes):
+    def fc2(self, h_deq, w2, sizes):
         wq, ws = self._weight_mx(w2)
-        return mx_grouped_gemm_sm90(h_row.data, h_row.scale, wq, ws, sizes[1])
+        return mx_grouped_gemm_sm90(None, None, wq, ws, sizes[1], a_dequant=h_deq)
 
 
 def _ops_for(decision: dispatch.Decision, act_dtype: torch.dtype):
@@ -249,11 +263,12 @@ class _GroupedMLPFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, w2, probs, split_sizes, ops):
         sizes = ops.grouping(split_sizes, x.shape[0])
-        x_row, x_col = ops.quant(x, sizes, row=True, col=w1.requires_grad)
         if getattr(ops, "fused_forward", False):
-            z, h_row, h_col = ops.fc1_swiglu(x_row, w1, probs, sizes, w2.requires_grad)
-            y = ops.fc2(h_row, w2, sizes)
+            x_deq, x_col = ops.quant_fc1_input(x, sizes, w1.requires_grad)
+            z, h_deq, h_col = ops.fc1_swiglu(x_deq, w1, probs, sizes, w2.requires_grad)
+            y = ops.fc2(h_deq, w2, sizes)
         else:
+            x_row, x_col = ops.quant(x, sizes, row=True, col=w1.requires_grad)
             z = ops.round_act(ops.gmm(ops.deq(x_row), ops.weight(w1), sizes).to(ops.dtype))
             h = ops.round_act(swiglu(z.to(ops.dtype), probs))  # SwiGLU in fp32 from the stored z
             h_row, h_col = ops.quant(h, sizes, row=True, col=w2.requires_grad)

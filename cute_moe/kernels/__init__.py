@@ -26,21 +26,24 @@ def _quantize_configs():
 
     must = ("cp.async.cg.shared.global", "cvt.rn.satfinite.e4m3x2.f32", "max.u16x2", "mul.rn.f32", "bar.sync")
     cfgs = [
-        # (cols, rowwise, colwise, grouped, swizzled)
+        # (cols, rowwise, colwise, grouped, swizzled[, row_dequant])
         (7168, True, False, False, False),
         (7168, False, True, False, False),
         (7168, True, True, False, True),
         (2048, True, True, True, True),
         (4096, True, True, True, False),
         (96, True, True, False, False),
+        (7168, True, True, True, False, True),
     ]
     out = []
     for c in cfgs:
         extra = ("vote.sync.ballot",) if c[3] else ()
+        extra += ("cvt.rn.f16x2.e4m3x2",) if len(c) > 5 else ()
         out.append(
             KernelConfig(
                 name="mxfp8_quantize" + "".join(f"-{v}" for v in c),
-                compile=lambda arch, c=c: compiled_quantize_kernel(*c, arch, keep_ptx=True),
+                compile=lambda arch, c=c: compiled_quantize_kernel(*c[:5], arch, keep_ptx=True,
+                                                                   row_dequant=len(c) > 5 and c[5]),
                 ptx_must_contain=must + extra,
             )
         )
@@ -67,15 +70,15 @@ def _sm90_mx_grouped_gemm_configs():
     must = ("wgmma.mma_async.sync.aligned", ".f32.bf16.bf16", "cp.async.bulk.tensor", "cvt.rn.f16x2.e4m3x2",
             "ld.global.nc.u8", "fence.proxy.async", "stmatrix")
     fc1 = ("cvt.rn.satfinite.e4m3x2.f32", "div.rn.f32")
-    # (N, K, (swiglu, with_probs, h_bf16, h_row, h_col, swizzled[, tokens_bf16])): FC2 and FC1 of the
-    # issue's shapes, tokens as MXFP8 and as dequantized bf16
+    # (N, K, (swiglu, with_probs, h_bf16, h_row, h_col, swizzled[, tokens_bf16, h_dequant])): FC2 and
+    # FC1 of the shapes, tokens as MXFP8 and as dequantized bf16 (the fused forward's configs)
     cfgs = [
         (7168, 2048, (False,) * 6),
         (2048, 768, (False,) * 6),
         (4096, 7168, (True, True, False, True, True, False)),
         (1536, 2048, (True, False, True, True, True, True)),
         (7168, 2048, (False,) * 6 + (True,)),
-        (4096, 7168, (True, True, False, True, True, False, True)),
+        (4096, 7168, (True, True, False, False, True, False, True, True)),
     ]
     return [
         KernelConfig(

@@ -50,14 +50,18 @@ class MXFP8QuantizeKernel:
 
     threads = 128
 
-    def __init__(self, cols: int, rowwise: bool, colwise: bool, grouped: bool, swizzled: bool):
+    def __init__(self, cols: int, rowwise: bool, colwise: bool, grouped: bool, swizzled: bool,
+                 row_dequant: bool = False):
         if cols % 32:
             raise ValueError(f"cols must be a multiple of 32, got {cols}")
         if swizzled and cols % 128:
             raise ValueError(f"swizzled scales need cols % 128 == 0, got {cols}")
         if not (rowwise or colwise):
             raise ValueError("at least one of rowwise / colwise")
+        if row_dequant and (not rowwise or cols % 64):
+            raise ValueError(f"row_dequant replaces the rowwise output and needs cols % 64 == 0, got {cols}")
         self.cols, self.rowwise, self.colwise, self.grouped, self.swizzled = cols, rowwise, colwise, grouped, swizzled
+        self.row_dequant = row_dequant
         self.n_cblk = (cols + TILE_COLS - 1) // TILE_COLS
 
     @cute.jit
@@ -107,7 +111,8 @@ class MXFP8QuantizeKernel:
     @cute.jit
     def process(self, q_row, s_row, q_col, s_col, stage, tile, cblk, row0, rows, num_tiles, tidx):
         if cutlass.const_expr(self.rowwise):
-            quantize_tile_rowwise(stage, q_row, s_row, tile, cblk, row0, rows, tidx, self.cols, self.swizzled)
+            quantize_tile_rowwise(stage, q_row, s_row, tile, cblk, row0, rows, tidx, self.cols, self.swizzled,
+                                  self.row_dequant)
         if cutlass.const_expr(self.colwise):
             quantize_tile_colwise(stage, q_col, s_col, tile, cblk, row0, rows, num_tiles, tidx, self.cols,
                                   self.grouped, self.swizzled)
@@ -146,11 +151,12 @@ class MXFP8QuantizeKernel:
 
 # --- host side --------------------------------------------------------------------------------
 
-def _placeholder_args():
-    # x, q_row, s_row, q_col, s_col, offsets, tokens, experts, tiles, ctas, stream
+def _placeholder_args(row_dequant=False):
+    # x, q_row (bf16 with row_dequant), s_row, q_col, s_col, offsets, tokens, experts, tiles, ctas, stream
     return (
         gmem_ptr(cutlass.BFloat16),
-        *(gmem_ptr(cutlass.Uint8) for _ in range(4)),
+        gmem_ptr(cutlass.BFloat16 if row_dequant else cutlass.Uint8),
+        *(gmem_ptr(cutlass.Uint8) for _ in range(3)),
         gmem_ptr(cutlass.Int32),
         Int32(1),
         Int32(1),
@@ -160,31 +166,36 @@ def _placeholder_args():
     )
 
 
-def compiled_quantize_kernel(cols, rowwise, colwise, grouped, swizzled, arch, keep_ptx=False):
-    cfg = (cols, rowwise, colwise, grouped, swizzled)
-    return compile_kernel(("mxfp8_quantize",) + cfg, lambda: MXFP8QuantizeKernel(*cfg), _placeholder_args(), arch, keep_ptx)
+def compiled_quantize_kernel(cols, rowwise, colwise, grouped, swizzled, arch, keep_ptx=False, row_dequant=False):
+    cfg = (cols, rowwise, colwise, grouped, swizzled, row_dequant)
+    return compile_kernel(("mxfp8_quantize",) + cfg, lambda: MXFP8QuantizeKernel(*cfg), _placeholder_args(row_dequant),
+                          arch, keep_ptx)
 
 
 _launchers: dict = {}
 
 
-def _launcher(cols, rowwise, colwise, grouped, swizzled, dev):
+def _launcher(cols, rowwise, colwise, grouped, swizzled, dev, row_dequant=False):
     """(compiled kernel, resident CTA limit) per config and device: the per-call host path is a
     dict lookup, not an arch query."""
-    key = (cols, rowwise, colwise, grouped, swizzled, dev.index)
+    key = (cols, rowwise, colwise, grouped, swizzled, dev.index, row_dequant)
     hit = _launchers.get(key)
     if hit is None:
         props = torch.cuda.get_device_properties(dev)
-        kern = compiled_quantize_kernel(cols, rowwise, colwise, grouped, swizzled, target_arch(dev))
+        kern = compiled_quantize_kernel(cols, rowwise, colwise, grouped, swizzled, target_arch(dev),
+                                        row_dequant=row_dequant)
         hit = _launchers[key] = (kern, CTAS_PER_SM * props.multi_processor_count)
     return hit
 
 
-def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=False, _poison=None):
+def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=False, row_dequant=False,
+                        _poison=None):
     """Launch the quantize kernel on a CUDA bf16 ``[T, C]`` tensor (checked by the caller).
 
     ``offsets``: int32 CUDA tensor [E+1] (exclusive cumsum of split sizes) or None (dense).
     Returns (q_row, s_row, q_col, s_col) with unused outputs None; scales are plain or swizzled.
+    ``row_dequant``: ``q_row`` is instead the exact bf16 dequantization of the rowwise MXFP8 values,
+    K-permuted for the SM90 GEMM's ``a_dequant`` (cols % 64 == 0), and ``s_row`` is None.
     """
     tokens, cols = x.shape
     num_experts = 1 if offsets is None else offsets.numel() - 1
@@ -197,7 +208,13 @@ def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=F
         return out if _poison is None else out.fill_(_poison)
 
     q_row = s_row = q_col = s_col = None
-    if rowwise:
+    if row_dequant:
+        if not rowwise or cols % 64:
+            raise ValueError(f"row_dequant needs rowwise=True and cols % 64 == 0, got cols={cols}")
+        q_row = torch.empty((tokens, cols), dtype=torch.bfloat16, device=dev)
+        if _poison is not None:
+            q_row.fill_(float("nan"))
+    elif rowwise:
         q_row = alloc((tokens, cols))
         s_row = alloc((tiles * TILE_TOKENS, cols // 32) if swizzled else (tokens, cols // 32))
     if colwise:
@@ -205,11 +222,11 @@ def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=F
         nblk = 4 * tiles if offsets is not None else -(-tokens // 32)
         s_col = alloc((cols, 4 * tiles) if swizzled else (nblk, cols))
     if tiles > 0 and cols > 0:
-        kern, max_ctas = _launcher(cols, rowwise, colwise, offsets is not None, swizzled, dev)
+        kern, max_ctas = _launcher(cols, rowwise, colwise, offsets is not None, swizzled, dev, row_dequant)
         u8 = cutlass.Uint8
         kern(
             gmem_ptr(cutlass.BFloat16, x),
-            gmem_ptr(u8, q_row),
+            gmem_ptr(cutlass.BFloat16 if row_dequant else u8, q_row),
             gmem_ptr(u8, s_row),
             gmem_ptr(u8, q_col),
             gmem_ptr(u8, s_col),
@@ -221,4 +238,4 @@ def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=F
             stream_arg(torch.cuda.current_stream(dev)),
         )
     f8 = lambda t: None if t is None else t.view(torch.float8_e4m3fn)  # noqa: E731
-    return f8(q_row), s_row, f8(q_col), s_col
+    return (q_row if row_dequant else f8(q_row)), s_row, f8(q_col), s_col

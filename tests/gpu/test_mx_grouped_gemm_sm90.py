@@ -175,7 +175,18 @@ def test_dequantized_tokens_bit_identical(swiglu):
                                _poison=True, **kw)
     if not swiglu:
         ref, got = {"y": ref}, {"y": got}
+    else:
+        # h_dequant: the same rowwise MXFP8 h, dequantized and K-permuted for FC2's a_dequant
+        kw.pop("h_row")
+        hd = mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=dequantize_rowwise_kperm(aq, as_),
+                                  h_dequant=True, _poison=True, **kw)
+        plain = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, swiglu=True, probs=kw["probs"], h_row=True)
+        assert hd["h_row"] is None
+        assert torch.equal(hd["h_dequant"], dequantize_rowwise_kperm(*plain["h_row"]))
+        assert torch.equal(hd["z"], ref["z"])
     for name, r in ref.items():
+        if r is None:
+            continue
         g = got[name]
         for rt, gt in zip(r if isinstance(r, tuple) else (r,), g if isinstance(g, tuple) else (g,)):
             assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name

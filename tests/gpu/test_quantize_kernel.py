@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cute_moe.kernels.quantize import quantize_mxfp8_cuda
+from cute_moe.kernels.sm90.mx_grouped_gemm import dequantize_rowwise_kperm
 from cute_moe.quant import quantize, swizzle_scales
 from cute_moe.quant.api import exclusive_offsets, quantize_mxfp8
 from cute_moe.quant.layout import grouped_tiles
@@ -69,6 +70,27 @@ def test_dense_bit_exact(rows, cols, mode):
 def test_grouped_bit_exact(sizes, swizzled):
     x = _with_edges(_random(sum(sizes), 256))
     _check(x, sizes, True, True, swizzled)
+
+
+def _same_bf16(a, b):
+    """Bitwise equal bf16 tensors, NaN payloads aside."""
+    nan = a.isnan()
+    return torch.equal(nan, b.isnan()) and torch.equal(_bytes(a.masked_fill(nan, 0)), _bytes(b.masked_fill(nan, 0)))
+
+
+@pytest.mark.parametrize("sizes", [None, [0, 1, 31, 33, 0, 129, 2]])
+def test_row_dequant_kperm(sizes):
+    """row_dequant: the rowwise MXFP8 values, dequantized exactly and K-permuted (the SM90 GEMM's
+    a_dequant), edge values included; the columnwise outputs of the same pass unchanged."""
+    x = _with_edges(_random(sum(sizes) if sizes else 300, 384))
+    offsets = None if sizes is None else exclusive_offsets(torch.tensor(sizes, dtype=torch.int32, device="cuda"))
+    x_deq, s_none, q_col, s_col = quantize_mxfp8_cuda(x, True, True, offsets, row_dequant=True, _poison=POISON)
+    q_row, s_row, q_col2, s_col2 = quantize_mxfp8_cuda(x, True, True, offsets)
+    assert s_none is None and x_deq.dtype == torch.bfloat16
+    assert _same_bf16(x_deq, dequantize_rowwise_kperm(q_row, s_row))
+    assert torch.equal(_bytes(q_col), _bytes(q_col2)) and torch.equal(s_col, s_col2)
+    with pytest.raises(ValueError, match="row_dequant"):
+        quantize_mxfp8_cuda(x[:, :96].contiguous(), True, False, row_dequant=True)
 
 
 @pytest.mark.parametrize("rows", [1, 129, 1000])

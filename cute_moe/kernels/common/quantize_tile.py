@@ -24,6 +24,7 @@ from .ptx import (
     SCALE_PAD_CODE,
     absmax_bf16x2,
     bf16_to_e4m3,
+    e4m3_to_bf16_scaled,
     e8m0_scale,
     halves_max,
     ld_shared,
@@ -41,9 +42,14 @@ PASS_THREADS = 128
 
 @cute.jit
 def quantize_tile_rowwise(stage: Int32, q_row: cute.Pointer, s_row: cute.Pointer, tile: Int32, cblk: Int32,
-                          row0: Int32, rows: Int32, tid: Int32, cols: cutlass.Constexpr, swizzled: cutlass.Constexpr):
+                          row0: Int32, rows: Int32, tid: Int32, cols: cutlass.Constexpr, swizzled: cutlass.Constexpr,
+                          dequant: cutlass.Constexpr = False):
     """Rows ``row0 .. row0+rows-1`` of columns ``128*cblk ..`` -> ``q_row`` [T, cols] and ``s_row``
-    (plain [T, cols/32], or swizzled with placed tile ``tile``'s padding rows written as 127)."""
+    (plain [T, cols/32], or swizzled with placed tile ``tile``'s padding rows written as 127).
+
+    ``dequant``: instead, ``q_row`` is bf16 [T, cols] and receives the exact dequantization of the
+    MXFP8 values, K-permuted inside each 64-column tile (``kperm_rowwise``: column 16c + 4s + 2h + e
+    at 16s + 8h + 2c + e), the SM90 GEMM's bf16 token operand; ``s_row`` is not written."""
     ch = tid % 16
     col = cblk * TILE_COLS + ch * 8
     col_ok = col < cols
@@ -58,12 +64,21 @@ def quantize_tile_rowwise(stage: Int32, q_row: cute.Pointer, s_row: cute.Pointer
         code, sbits = e8m0_scale(m)
         q = bf16_to_e4m3(w, [sbits] * 8)
         row_ok = r < rows
-        st_global(q_row.toint() + Int64(row0 + r) * cols + Int64(col), q, row_ok & col_ok)
-        if cutlass.const_expr(swizzled):
-            off = swizzle_offset(tile * TILE_TOKENS + r, blk, cols // 128)
-            st_global_u8(s_row.toint() + Int64(off), Uint32(cutlass.select_(row_ok, code, Uint32(SCALE_PAD_CODE))), writer)
+        if cutlass.const_expr(dequant):
+            # the thread's 8 columns are pairs (c, s, h) = (j // 2, 2 (j % 2) + i // 2, i % 2), i < 4
+            j = ch % 8
+            v = e4m3_to_bf16_scaled(q, code)
+            base = q_row.toint() + (Int64(row0 + r) * cols + Int64(col - 8 * j)) * 2 + (j // 2) * 4 + (j % 2) * 64
+            for i in cutlass.range_constexpr(4):
+                st_global(base + 32 * (i // 2) + 16 * (i % 2), [v[i]], row_ok & col_ok)
         else:
-            st_global_u8(s_row.toint() + Int64(row0 + r) * (cols // 32) + Int64(blk), code, writer & row_ok)
+            st_global(q_row.toint() + Int64(row0 + r) * cols + Int64(col), q, row_ok & col_ok)
+            if cutlass.const_expr(swizzled):
+                off = swizzle_offset(tile * TILE_TOKENS + r, blk, cols // 128)
+                st_global_u8(s_row.toint() + Int64(off), Uint32(cutlass.select_(row_ok, code, Uint32(SCALE_PAD_CODE))),
+                             writer)
+            else:
+                st_global_u8(s_row.toint() + Int64(row0 + r) * (cols // 32) + Int64(blk), code, writer & row_ok)
 
 
 @cute.jit

@@ -80,12 +80,15 @@ class MXGroupedGemmSm90Kernel:
     threads = THREADS
 
     def __init__(self, n: int, k: int, swiglu: bool = False, with_probs: bool = False, h_bf16: bool = False,
-                 h_row: bool = False, h_col: bool = False, swizzled: bool = False, tokens_bf16: bool = False):
+                 h_row: bool = False, h_col: bool = False, swizzled: bool = False, tokens_bf16: bool = False,
+                 h_dequant: bool = False):
         if k <= 0 or k % TILE_K:
             raise ValueError(f"K must be a positive multiple of {TILE_K}, got {k}")
         if n <= 0 or n % TILE_N:
             raise ValueError(f"N must be a positive multiple of {TILE_N}, got {n}")
-        if not swiglu and (with_probs or h_bf16 or h_row or h_col):
+        if h_row and h_dequant:
+            raise ValueError("h_row and h_dequant share the rowwise pass: ask for one")
+        if not swiglu and (with_probs or h_bf16 or h_row or h_col or h_dequant):
             raise ValueError("probs and h outputs need the SwiGLU epilogue")
         self.n, self.k = n, k
         self.swiglu, self.with_probs, self.h_bf16, self.h_row, self.h_col, self.swizzled = (
@@ -93,8 +96,9 @@ class MXGroupedGemmSm90Kernel:
         self.hidden = n // 2
         self.k_tiles = k // TILE_K
         self.tile_mnk = (TILE_M, TILE_N, TILE_K)
-        # tokens_bf16: ``a`` is already dequantized bf16, K-permuted into the A-fragment order
-        self.tokens_bf16 = tokens_bf16
+        # tokens_bf16: ``a`` is already dequantized bf16, K-permuted into the A-fragment order;
+        # h_dequant: the rowwise pass writes h's MXFP8 values dequantized that way (FC2's tokens)
+        self.tokens_bf16, self.h_dequant = tokens_bf16, h_dequant
 
     @cute.jit
     def __call__(self, a: cute.Pointer, a_scale: cute.Pointer, b: cute.Pointer, b_scale: cute.Pointer,
@@ -162,14 +166,14 @@ class MXGroupedGemmSm90Kernel:
                                     n_tile, tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem)
             if cutlass.const_expr(self.swiglu):
                 self.swiglu_epilogue(probs, h, out_stage, h_stage, row0, rows, n_tile, tidx)
-        if cutlass.const_expr(self.swiglu and (self.h_row or self.h_col)):
+        if cutlass.const_expr(self.swiglu and (self.h_row or self.h_col or self.h_dequant)):
             # every placed tile, gap tiles included, writes its scale bytes (padding codes for rows
             # it does not hold); with rows == 0 nothing else is stored and the staged bytes are unused
             wg = tidx // 128
             if wg == 0:
-                if cutlass.const_expr(self.h_row):
+                if cutlass.const_expr(self.h_row or self.h_dequant):
                     quantize_tile_rowwise(h_stage, hq_row, hs_row, tile, n_tile, row0, rows, tidx, self.hidden,
-                                          self.swizzled)
+                                          self.swizzled, self.h_dequant)
             else:
                 if cutlass.const_expr(self.h_col):
                     quantize_tile_colwise(h_stage, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, tidx - 128,
@@ -447,19 +451,21 @@ class MXGroupedGemmSm90Kernel:
 
 # --- host side --------------------------------------------------------------------------------
 
-def _placeholder_args(tokens_bf16=False):
+def _placeholder_args(tokens_bf16=False, h_dequant=False):
     u8 = Uint8
     # a, a_scale, b, b_scale, offsets, out, probs, h, hq_row, hs_row, hq_col, hs_col, T, E, tiles, stream
-    return (gmem_ptr(BFloat16 if tokens_bf16 else u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(Int32), gmem_ptr(BFloat16),
-            gmem_ptr(Float32), gmem_ptr(BFloat16), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8),
+    return (gmem_ptr(BFloat16 if tokens_bf16 else u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(Int32),
+            gmem_ptr(BFloat16), gmem_ptr(Float32), gmem_ptr(BFloat16), gmem_ptr(BFloat16 if h_dequant else u8),
+            gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8),
             Int32(1), Int32(1), Int32(1), stream_arg())
 
 
 def compiled_mx_grouped_gemm_kernel(n, k, flags=(False,) * 6, arch=None, keep_ptx=False):
-    """``flags`` = (swiglu, with_probs, h_bf16, h_row, h_col, swizzled[, tokens_bf16])."""
-    flags = tuple(bool(f) for f in flags)
+    """``flags`` = (swiglu, with_probs, h_bf16, h_row, h_col, swizzled, tokens_bf16, h_dequant); missing
+    trailing flags are False."""
+    flags = tuple(bool(f) for f in flags) + (False,) * (8 - len(flags))
     return compile_kernel(("mx_grouped_gemm_sm90", n, k, flags), lambda: MXGroupedGemmSm90Kernel(n, k, *flags),
-                          _placeholder_args(len(flags) > 6 and flags[6]), arch or target_arch(), keep_ptx)
+                          _placeholder_args(flags[6], flags[7]), arch or target_arch(), keep_ptx)
 
 
 def _check_mx_operand(q, s, shape, name):
@@ -485,12 +491,13 @@ def dequantize_rowwise_kperm(a_q: torch.Tensor, a_s: torch.Tensor) -> torch.Tens
     """Reference producer of ``a_dequant``: exact bf16 dequantization of rowwise MXFP8 ``a``
     (plain scales), K-permuted by :func:`kperm_rowwise` (torch ops: a reference, not a fast path)."""
     t, k = a_q.shape
-    x = a_q.float().view(t, k // 32, 32) * torch.exp2(a_s.float() - 127).unsqueeze(-1)
+    scale = torch.exp2(a_s.float() - 127).masked_fill(a_s == 255, float("nan"))  # E8M0 0xFF: NaN block
+    x = a_q.float().view(t, k // 32, 32) * scale.unsqueeze(-1)
     return kperm_rowwise(x.view(t, k).to(torch.bfloat16)).contiguous()
 
 
 def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=None, h_bf16=False, h_row=False,
-                         h_col=False, swizzled=False, a_dequant=None, _poison=None):
+                         h_col=False, swizzled=False, h_dequant=False, a_dequant=None, _poison=None):
     """Launch the SM90 MXFP8 grouped GEMM on rowwise MXFP8 operands (plain scales).
 
     a_q e4m3 [T, K] with a_s uint8 [T, K/32]; b_q e4m3 [E, N, K] with b_s [E, N, K/32]; offsets
@@ -500,7 +507,8 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     (TMA straight into WGMMA's layout); outputs are bit-identical to the MXFP8 ``a`` path.
     Returns ``out`` bf16 [T, N] (FC2: y) when ``swiglu`` is False; else a dict with ``z`` [T, N] and,
     as asked, ``h`` bf16 [T, N/2], ``h_row`` / ``h_col`` as (data, scales) of the MXFP8 ``h``
-    (columnwise blocks per expert; plain or swizzled scales).
+    (columnwise blocks per expert; plain or swizzled scales), ``h_dequant`` bf16 [T, N/2]: the rowwise
+    MXFP8 ``h`` dequantized exactly and K-permuted, to feed FC2 as its ``a_dequant``.
     ``_poison``: tests set it to fill every output first (bf16 NaN, bytes 0xFF: values finite inputs
     never produce), so that anything not written shows up.
     """
@@ -532,8 +540,10 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         raise ValueError(f"at most {MAX_EXPERTS} experts, got {num_experts}")
     if probs is not None and (probs.dtype != torch.float32 or tuple(probs.shape) != (tokens,)):
         raise ValueError(f"probs must be fp32 [T={tokens}], got {probs.dtype} {tuple(probs.shape)}")
-    if not swiglu and (probs is not None or h_bf16 or h_row or h_col):
+    if not swiglu and (probs is not None or h_bf16 or h_row or h_col or h_dequant):
         raise ValueError("probs and h outputs need swiglu=True")
+    if h_row and h_dequant:
+        raise ValueError("ask for h_row (MXFP8) or h_dequant (its bf16 dequantization), not both")
     dev = b_q.device
     tiles = grouped_tiles(tokens, num_experts)
     hidden = n // 2
@@ -545,6 +555,8 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     out = alloc((tokens, n), torch.bfloat16)
     h = alloc((tokens, hidden), torch.bfloat16) if h_bf16 else None
     hq_row = hs_row = hq_col = hs_col = None
+    if h_dequant:
+        hq_row = alloc((tokens, hidden), torch.bfloat16)
     if h_row:
         hq_row = alloc((tokens, hidden), torch.uint8)
         hs_row = alloc((tiles * TILE_TOKENS, hidden // 32) if swizzled else (tokens, hidden // 32), torch.uint8)
@@ -554,15 +566,17 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     if tokens > 0 and tiles > 0:
         if tiles > 65535:  # placed tiles run along grid y
             raise ValueError(f"{tokens} tokens over {num_experts} experts need {tiles} M tiles, more than 65535")
-        flags = (swiglu, probs is not None, h_bf16, h_row, h_col, swizzled) + ((True,) if a_dequant is not None else ())
+        flags = (swiglu, probs is not None, h_bf16, h_row, h_col, swizzled, a_dequant is not None, h_dequant)
         kern = compiled_mx_grouped_gemm_kernel(n, k, flags, target_arch(dev))
         u8 = Uint8
         kern(gmem_ptr(u8, a_q) if a_dequant is None else gmem_ptr(BFloat16, a_dequant), gmem_ptr(u8, a_s), gmem_ptr(u8, b_q), gmem_ptr(u8, b_s), gmem_ptr(Int32, offsets),
-             gmem_ptr(BFloat16, out), gmem_ptr(Float32, probs), gmem_ptr(BFloat16, h), gmem_ptr(u8, hq_row),
+             gmem_ptr(BFloat16, out), gmem_ptr(Float32, probs), gmem_ptr(BFloat16, h),
+             gmem_ptr(BFloat16 if h_dequant else u8, hq_row),
              gmem_ptr(u8, hs_row), gmem_ptr(u8, hq_col), gmem_ptr(u8, hs_col), Int32(tokens), Int32(num_experts),
              Int32(tiles), stream_arg(torch.cuda.current_stream(dev)))
     if not swiglu:
         return out
     f8 = lambda t: None if t is None else t.view(torch.float8_e4m3fn)  # noqa: E731
     return {"z": out, "h": h, "h_row": (f8(hq_row), hs_row) if h_row else None,
+            "h_dequant": hq_row if h_dequant else None,
             "h_col": (f8(hq_col), hs_col) if h_col else None}
