@@ -190,7 +190,11 @@ def main():
               f" {r['torch_fc2_ms']:9.3f} {r['ours_fc2_ms']:7.3f} {r['ours_fc2_tflops']:7.0f} {r['fc2_speedup']:5.2f}"
               f" {r['fc2_weight_gbps']:5.0f} {r['fc2_mx_speedup']:5.2f} | {q if q is None else round(q, 3)!s:>9s}")
     print("speed: torch time / ours (bf16-dequantized tokens, the autograd path); mx: the same on MXFP8 tokens")
-    print("first call (compile + run), s:", {f"{a}-N{b}-K{c}": round(v, 1) for (a, b, c), v in compile_times.items()})
+    from cute_moe.kernels.compile import cache_dir, cache_info
+
+    print("first call (compile or disk-cache load, + run), s:",
+          {f"{a}-N{b}-K{c}": round(v, 1) for (a, b, c), v in compile_times.items()},
+          f"| kernels {cache_info()} (disk cache {cache_dir()}); bench/bench_compile.py compares cold and warm")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(gpu=torch.cuda.get_device_name(), copy_gbps=copy_gbps, rows=rows,

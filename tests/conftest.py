@@ -5,6 +5,12 @@ import torch
 
 HAS_CUDA = torch.cuda.is_available()
 
+# the suite never writes to the user's compile cache (~/.cache/cute_moe): one per session
+if "CUTE_MOE_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["CUTE_MOE_CACHE_DIR"] = tempfile.mkdtemp(prefix="cute_moe_test_cache_")
+
 
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -1,16 +1,27 @@
-"""Compiling CuTe DSL kernels: target architecture, argument placeholders, in-memory cache.
+"""Compiling CuTe DSL kernels: target architecture, argument placeholders, compile cache.
 
 A kernel is compiled once per static configuration (its constructor arguments and the target
 arch) and reused for every runtime shape: token counts and split sizes are kernel arguments.
 Kernels compile without a GPU for a named arch (``CUTE_DSL_ARCH`` or ``arch=``), which is how CI
 checks every kernel's PTX.
+
+Compiled kernels are cached in memory and on disk, across processes. ``cute.compile`` bypasses the
+DSL's own file cache (that one serves implicitly jitted calls), so the disk cache uses the DSL's
+export path instead: ``JitCompiledFunction.dump_to_object`` writes the host launcher with the cubin
+inside, ``cutlass.runtime.load_module`` loads it back (milliseconds instead of seconds). Files live
+in ``$CUTE_MOE_CACHE_DIR`` (default ``~/.cache/cute_moe``; ``off`` disables the disk cache), named
+by a hash of the configuration, the arch, the DSL version and the source of ``cute_moe.kernels``:
+editing a kernel or upgrading the DSL never loads a stale binary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import threading
+import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import cuda.bindings.driver as cuda
@@ -22,6 +33,8 @@ from cutlass.cute.runtime import make_ptr
 # Imported once here: gmem_ptr / stream_arg run on every kernel launch.
 _cache: dict = {}
 _lock = threading.Lock()
+_stats = {"memory_hits": 0, "disk_hits": 0, "compiled": 0}
+_source_hash: list = []
 
 
 def target_arch(device=None) -> str:
@@ -47,17 +60,89 @@ def stream_arg(torch_stream=None):
     return cuda.CUstream(0 if torch_stream is None else torch_stream.cuda_stream)
 
 
+def cache_dir():
+    """The disk cache directory, or None when ``CUTE_MOE_CACHE_DIR=off``."""
+    env = os.environ.get("CUTE_MOE_CACHE_DIR")
+    if env is not None:
+        return None if env.strip().lower() in ("", "off", "0", "none") else Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cute_moe"
+
+
+def cache_info() -> dict:
+    """Counts since import: kernels served from memory, loaded from disk, compiled."""
+    return dict(_stats)
+
+
+def clear_memory_cache() -> None:
+    """Forget the in-process kernels (tests: the next call loads from disk or compiles)."""
+    with _lock:
+        _cache.clear()
+
+
+def _kernels_source_hash() -> str:
+    if not _source_hash:
+        import cutlass
+
+        h = hashlib.sha256(getattr(cutlass, "__version__", "?").encode())
+        root = Path(__file__).resolve().parent
+        for f in sorted(root.rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+        _source_hash.append(h.hexdigest())
+    return _source_hash[0]
+
+
+def _disk_path(key: tuple, arch: str):
+    d = cache_dir()
+    if d is None:
+        return None, None
+    digest = hashlib.sha256(repr((key, arch, _kernels_source_hash())).encode()).hexdigest()[:24]
+    name = "_".join(str(k) for k in key if not isinstance(k, tuple))[:60]
+    return d / f"{name}-{arch}-{digest}.o", f"cute_moe_{digest}"  # prefix: the object's symbol namespace
+
+
+def _load(path: Path, prefix: str):
+    from cutlass.runtime import load_module
+
+    try:
+        return getattr(load_module(str(path)), prefix)
+    except Exception as exc:  # truncated or foreign file: compile again and overwrite it
+        warnings.warn(f"cute_moe: ignoring unreadable compile cache file {path}: {exc}", stacklevel=3)
+        return None
+
+
+def _store(path: Path, prefix: str, compiled) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(compiled.dump_to_object(prefix))
+        os.replace(tmp, path)  # atomic: concurrent processes never read a partial file
+    except Exception as exc:  # a read-only or full disk costs compile time, never correctness
+        warnings.warn(f"cute_moe: could not write compile cache file {path}: {exc}", stacklevel=3)
+
+
 def compile_kernel(key: tuple, make: Callable[[], Any], args: tuple, arch: str, keep_ptx: bool = False):
-    """Compile ``make()`` (a ``cute.jit`` callable) for ``arch`` once per ``key``; cached."""
+    """Compile ``make()`` (a ``cute.jit`` callable) for ``arch`` once per ``key``; cached in memory
+    and (not with ``keep_ptx``, which needs the PTX text) on disk."""
     full_key = (key, arch, keep_ptx)
     with _lock:
         hit = _cache.get(full_key)
         if hit is not None:
+            _stats["memory_hits"] += 1
             return hit
-        opts = [cute.GPUArch(arch)]
-        if keep_ptx:
-            # KeepPTX also writes a .ptx file; keep it out of the working directory
-            opts += [cute.KeepPTX, DumpDir(tempfile.gettempdir())]
-        compiled = cute.compile[tuple(opts)](make(), *args)
+        path, prefix = (None, None) if keep_ptx else _disk_path(key, arch)
+        compiled = _load(path, prefix) if path is not None and path.exists() else None
+        if compiled is not None:
+            _stats["disk_hits"] += 1
+        else:
+            opts = [cute.GPUArch(arch)]
+            if keep_ptx:
+                # KeepPTX also writes a .ptx file; keep it out of the working directory
+                opts += [cute.KeepPTX, DumpDir(tempfile.gettempdir())]
+            compiled = cute.compile[tuple(opts)](make(), *args)
+            _stats["compiled"] += 1
+            if path is not None:
+                _store(path, prefix, compiled)
         _cache[full_key] = compiled
         return compiled

@@ -232,3 +232,21 @@ def test_dequantization_every_e4m3_byte_and_edge_codes():
     want = dequantize(a_q.cpu(), a_s.cpu(), dtype=torch.float64).to(torch.float32).to(torch.bfloat16)
     # value equality: the GEMM's sum turns -0 into +0
     assert torch.equal(y.cpu().float(), want.float())
+
+
+def test_kernel_loaded_from_disk_cache_gives_same_bytes(tmp_path, monkeypatch):
+    """A kernel loaded back by the disk compile cache (another process's view) runs like the
+    freshly compiled one."""
+    from cute_moe.kernels import compile as c
+
+    monkeypatch.setenv("CUTE_MOE_CACHE_DIR", str(tmp_path))
+    sizes = [0, 3, 130]
+    (aq, as_, _), (bq, bs, _), offsets = _problem(sizes, 256, 320, seed=3)
+    c.clear_memory_cache()
+    before = c.cache_info()
+    fresh = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets)
+    assert c.cache_info()["compiled"] == before["compiled"] + 1 and list(tmp_path.glob("*.o"))
+    c.clear_memory_cache()
+    loaded = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, _poison=True)
+    assert c.cache_info()["disk_hits"] == before["disk_hits"] + 1
+    assert torch.equal(fresh, loaded)

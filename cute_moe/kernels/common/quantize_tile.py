@@ -50,35 +50,54 @@ def quantize_tile_rowwise(stage: Int32, q_row: cute.Pointer, s_row: cute.Pointer
     ``dequant``: instead, ``q_row`` is bf16 [T, cols] and receives the exact dequantization of the
     MXFP8 values, K-permuted inside each 64-column tile (``kperm_rowwise``: column 16c + 4s + 2h + e
     at 16s + 8h + 2c + e), the SM90 GEMM's bf16 token operand; ``s_row`` is not written."""
+    if rows >= TILE_TOKENS:  # full tile: straight-line code the compiler can batch
+        for p in cutlass.range_constexpr(TILE_TOKENS // 8):
+            _rowwise_row(stage, q_row, s_row, tile, cblk, row0, rows, tid, p, cols, swizzled, dequant)
+    else:
+        for p in cutlass.range_constexpr(TILE_TOKENS // 8):
+            # rows are a prefix of the tile: a warp whose first row is past it has nothing to convert
+            if (tid // 32) * 2 + 8 * p < rows:
+                _rowwise_row(stage, q_row, s_row, tile, cblk, row0, rows, tid, p, cols, swizzled, dequant)
+            else:
+                if cutlass.const_expr(swizzled and not dequant):
+                    ch = tid % 16
+                    col = cblk * TILE_COLS + ch * 8
+                    off = swizzle_offset(tile * TILE_TOKENS + tid // 16 + 8 * p, col // 32, cols // 128)
+                    st_global_u8(s_row.toint() + Int64(off), Uint32(SCALE_PAD_CODE), (ch % 4 == 0) & (col < cols))
+
+
+@cute.jit
+def _rowwise_row(stage, q_row, s_row, tile, cblk, row0, rows, tid, p: cutlass.Constexpr, cols: cutlass.Constexpr,
+                 swizzled: cutlass.Constexpr, dequant: cutlass.Constexpr):
+    """Row ``tid // 16 + 8 p`` of :func:`quantize_tile_rowwise`: 16 threads, 8 columns each."""
     ch = tid % 16
     col = cblk * TILE_COLS + ch * 8
     col_ok = col < cols
     blk = col // 32
     writer = (ch % 4 == 0) & col_ok
-    for p in cutlass.range_constexpr(TILE_TOKENS // 8):
-        r = tid // 16 + 8 * p
-        w = ld_shared(stage + r * ROW_BYTES + ch * 16, 4)
-        m = halves_max(absmax_bf16x2(absmax_bf16x2(absmax_bf16x2(absmax_bf16x2(Uint32(0), w[0]), w[1]), w[2]), w[3]))
-        m = umax(m, cute.arch.shuffle_sync_bfly(m, offset=1))
-        m = umax(m, cute.arch.shuffle_sync_bfly(m, offset=2))
-        code, sbits = e8m0_scale(m)
-        q = bf16_to_e4m3(w, [sbits] * 8)
-        row_ok = r < rows
-        if cutlass.const_expr(dequant):
-            # the thread's 8 columns are pairs (c, s, h) = (j // 2, 2 (j % 2) + i // 2, i % 2), i < 4
-            j = ch % 8
-            v = e4m3_to_bf16_scaled(q, code)
-            base = q_row.toint() + (Int64(row0 + r) * cols + Int64(col - 8 * j)) * 2 + (j // 2) * 4 + (j % 2) * 64
-            for i in cutlass.range_constexpr(4):
-                st_global(base + 32 * (i // 2) + 16 * (i % 2), [v[i]], row_ok & col_ok)
+    r = tid // 16 + 8 * p
+    w = ld_shared(stage + r * ROW_BYTES + ch * 16, 4)
+    m = halves_max(absmax_bf16x2(absmax_bf16x2(absmax_bf16x2(absmax_bf16x2(Uint32(0), w[0]), w[1]), w[2]), w[3]))
+    m = umax(m, cute.arch.shuffle_sync_bfly(m, offset=1))
+    m = umax(m, cute.arch.shuffle_sync_bfly(m, offset=2))
+    code, sbits = e8m0_scale(m)
+    q = bf16_to_e4m3(w, [sbits] * 8)
+    row_ok = r < rows
+    if cutlass.const_expr(dequant):
+        # the thread's 8 columns are pairs (c, s, h) = (j // 2, 2 (j % 2) + i // 2, i % 2), i < 4
+        j = ch % 8
+        v = e4m3_to_bf16_scaled(q, code)
+        base = q_row.toint() + (Int64(row0 + r) * cols + Int64(col - 8 * j)) * 2 + (j // 2) * 4 + (j % 2) * 64
+        for i in cutlass.range_constexpr(4):
+            st_global(base + 32 * (i // 2) + 16 * (i % 2), [v[i]], row_ok & col_ok)
+    else:
+        st_global(q_row.toint() + Int64(row0 + r) * cols + Int64(col), q, row_ok & col_ok)
+        if cutlass.const_expr(swizzled):
+            off = swizzle_offset(tile * TILE_TOKENS + r, blk, cols // 128)
+            code_or_pad = Uint32(cutlass.select_(row_ok, code, Uint32(SCALE_PAD_CODE)))
+            st_global_u8(s_row.toint() + Int64(off), code_or_pad, writer)
         else:
-            st_global(q_row.toint() + Int64(row0 + r) * cols + Int64(col), q, row_ok & col_ok)
-            if cutlass.const_expr(swizzled):
-                off = swizzle_offset(tile * TILE_TOKENS + r, blk, cols // 128)
-                st_global_u8(s_row.toint() + Int64(off), Uint32(cutlass.select_(row_ok, code, Uint32(SCALE_PAD_CODE))),
-                             writer)
-            else:
-                st_global_u8(s_row.toint() + Int64(row0 + r) * (cols // 32) + Int64(blk), code, writer & row_ok)
+            st_global_u8(s_row.toint() + Int64(row0 + r) * (cols // 32) + Int64(blk), code, writer & row_ok)
 
 
 @cute.jit
@@ -92,12 +111,16 @@ def quantize_tile_colwise(stage: Int32, q_col: cute.Pointer, s_col: cute.Pointer
     col = cblk * TILE_COLS + lane * 4
     col_ok = col < cols
     base = stage + warp * 32 * ROW_BYTES + lane * 8
-    acc = [Uint32(0), Uint32(0)]
-    for i in cutlass.range_constexpr(32):
-        w = ld_shared(base + i * ROW_BYTES, 2)
-        acc = [absmax_bf16x2(acc[0], w[0]), absmax_bf16x2(acc[1], w[1])]
     blk_rows = cutlass.min(cutlass.max(rows - warp * 32, Int32(0)), Int32(32))
-    has_data = blk_rows > 0
+    has_data = blk_rows > 0  # warp-uniform; padding blocks (gap tiles, decode) only write scale codes
+    acc0 = Uint32(0)
+    acc1 = Uint32(0)
+    if has_data:
+        for i in cutlass.range_constexpr(32):
+            w = ld_shared(base + i * ROW_BYTES, 2)
+            acc0 = absmax_bf16x2(acc0, w[0])
+            acc1 = absmax_bf16x2(acc1, w[1])
+    acc = [acc0, acc1]
     codes = []
     sbits = []
     for j in cutlass.range_constexpr(4):
@@ -106,9 +129,10 @@ def quantize_tile_colwise(stage: Int32, q_col: cute.Pointer, s_col: cute.Pointer
         codes.append(Uint32(cutlass.select_(has_data, code, Uint32(SCALE_PAD_CODE))))
         sbits.append(sb)
     q_base = q_col.toint() + Int64(row0 + warp * 32) * cols + Int64(col)
-    for i in cutlass.range_constexpr(32):
-        w = ld_shared(base + i * ROW_BYTES, 2)
-        st_global(q_base + i * cols, bf16_to_e4m3(w, sbits), (i < blk_rows) & col_ok)
+    if has_data:
+        for i in cutlass.range_constexpr(32):
+            w = ld_shared(base + i * ROW_BYTES, 2)
+            st_global(q_base + i * cols, bf16_to_e4m3(w, sbits), (i < blk_rows) & col_ok)
     block = tile * 4 + warp
     if cutlass.const_expr(swizzled):
         s_lane = s_col.toint() + Int64(swizzle_offset(col, block, num_tiles))
