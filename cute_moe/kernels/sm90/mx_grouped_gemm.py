@@ -96,6 +96,8 @@ class MXGroupedGemmSm90Kernel:
         self.hidden = n // 2
         self.k_tiles = k // TILE_K
         self.tile_mnk = (TILE_M, TILE_N, TILE_K)
+        if tokens_bf16 and k % (2 * TILE_K):
+            raise ValueError(f"bf16 tokens need K % {2 * TILE_K} == 0 (k-tiles alternate register sets), got {k}")
         # tokens_bf16: ``a`` is already dequantized bf16, K-permuted into the A-fragment order;
         # h_dequant: the rowwise pass writes h's MXFP8 values dequantized that way (FC2's tokens)
         self.tokens_bf16, self.h_dequant = tokens_bf16, h_dequant
@@ -321,10 +323,13 @@ class MXGroupedGemmSm90Kernel:
         tCrB_n = mma_narrow.make_fragment_B(thr_n.partition_B(cute.local_tile(sA, (NARROW, TILE_K, STAGES), (0, 0, 0))))
         acc = [cute.make_rmem_tensor(thr_w.partition_shape_C((64, TILE_M)), Float32) for _ in range(BLOCKS)]
         acc_n = [cute.make_tensor(x.iterator, cute.make_layout(thr_n.partition_shape_C((64, NARROW)))) for x in acc]
-        rA = [mma_wide.make_fragment_A(thr_w.partition_shape_A((64, TILE_K))) for _ in range(BLOCKS)]
-        rA32 = [cute.make_tensor(cute.recast_ptr(x.iterator, dtype=Uint32), cute.make_layout(TILE_K // 4))
-                for x in rA]
-        k_blocks = cute.size(rA[0], mode=[2])
+        # two register sets of A fragments: k-tile kt converts into set kt % 2 while the WGMMAs of
+        # kt-1 still read the other (one set would make every conversion wait for the tensor cores)
+        rA = [[mma_wide.make_fragment_A(thr_w.partition_shape_A((64, TILE_K))) for _ in range(BLOCKS)]
+              for _ in range(2)]
+        rA32 = [[cute.make_tensor(cute.recast_ptr(x.iterator, dtype=Uint32), cute.make_layout(TILE_K // 4))
+                 for x in half] for half in rA]
+        k_blocks = cute.size(rA[0][0], mode=[2])
         kb = K // 32
         b8 = storage.sB8.data_ptr().toint()
         fc = tidx % 4
@@ -338,37 +343,42 @@ class MXGroupedGemmSm90Kernel:
         mma_wide.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
         mma_narrow.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
         b_next = [ld_global_u8(p) for p in b_sc]
-        for kt in cutlass.range(k_tiles, unroll=1):
-            b_codes = b_next
-            nxt = 2 * cutlass.min(kt + 1, k_tiles - 1)
-            b_next = [ld_global_u8(p + nxt) for p in b_sc]
-            ab_pipe.consumer_wait(read)
-            stage = b8 + read.index * (TILE_N * TILE_K)
-            for j in cutlass.range_constexpr(BLOCKS):
-                cute.nvgpu.warpgroup.wait_group(1)
-                for q in cutlass.range_constexpr(2):
-                    i = 2 * j + q
-                    v = e4m3_to_bf16_scaled(ld_shared(stage + f_rows[i] * TILE_K + fc * CHUNK, 4), b_codes[i])
-                    for s in cutlass.range_constexpr(k_blocks):
-                        rA32[j][4 * s + q] = v[2 * s]
-                        rA32[j][4 * s + 2 + q] = v[2 * s + 1]
+        for kt2 in cutlass.range(k_tiles // 2, unroll=1):  # k_tiles is even here (K % 128 == 0)
+            for half in cutlass.range_constexpr(2):
+                kt = 2 * kt2 + half
+                b_codes = b_next
+                nxt = 2 * cutlass.min(kt + 1, k_tiles - 1)
+                b_next = [ld_global_u8(p + nxt) for p in b_sc]
+                ab_pipe.consumer_wait(read)
+                stage = b8 + read.index * (TILE_N * TILE_K)
+                for j in cutlass.range_constexpr(BLOCKS):
+                    for q in cutlass.range_constexpr(2):
+                        i = 2 * j + q
+                        v = e4m3_to_bf16_scaled(ld_shared(stage + f_rows[i] * TILE_K + fc * CHUNK, 4), b_codes[i])
+                        for s in cutlass.range_constexpr(k_blocks):
+                            # A fragment per k16 step: (row, k 2c), (row+8, k 2c), (row, k 2c+8), (row+8, ..)
+                            rA32[half][j][4 * s + q] = v[2 * s]
+                            rA32[half][j][4 * s + 2 + q] = v[2 * s + 1]
                 cute.nvgpu.warpgroup.fence()
-                if narrow:
-                    for s in cutlass.range(k_blocks, unroll_full=True):
-                        cute.gemm(mma_narrow, acc_n[j], rA[j][(None, None, s)], tCrB_n[(None, None, s, read.index)],
-                                  acc_n[j])
-                else:
-                    for s in cutlass.range(k_blocks, unroll_full=True):
-                        cute.gemm(mma_wide, acc[j], rA[j][(None, None, s)], tCrB[(None, None, s, read.index)], acc[j])
+                for j in cutlass.range_constexpr(BLOCKS):
+                    if narrow:
+                        for s in cutlass.range(k_blocks, unroll_full=True):
+                            cute.gemm(mma_narrow, acc_n[j], rA[half][j][(None, None, s)],
+                                      tCrB_n[(None, None, s, read.index)], acc_n[j])
+                    else:
+                        for s in cutlass.range(k_blocks, unroll_full=True):
+                            cute.gemm(mma_wide, acc[j], rA[half][j][(None, None, s)], tCrB[(None, None, s, read.index)],
+                                      acc[j])
                 cute.nvgpu.warpgroup.commit_group()
-            # every WGMMA of k-tile kt-1 has retired (the waits above): its stage goes back to TMA
-            if kt > 0:
-                ab_pipe.consumer_release(prev)
-                prev.advance()
-                if warp == 0 and prod.count < k_tiles:
-                    load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
-                    prod.advance()
-            read.advance()
+                # k-tile kt-1 retires: its register set is free, its stage goes back to TMA
+                cute.nvgpu.warpgroup.wait_group(1)
+                if kt > 0:
+                    ab_pipe.consumer_release(prev)
+                    prev.advance()
+                    if warp == 0 and prod.count < k_tiles:
+                        load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                        prod.advance()
+                read.advance()
         cute.nvgpu.warpgroup.wait_group(0)
         cute.arch.sync_threads()
         self.store_acc_bf16(acc, mma_wide, storage, out, row0, rows, n_tile, tidx)
@@ -503,7 +513,7 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     a_q e4m3 [T, K] with a_s uint8 [T, K/32]; b_q e4m3 [E, N, K] with b_s [E, N, K/32]; offsets
     int32 [E+1] on the device (exclusive cumsum of split sizes, ``offsets[E] == T``; not read here).
     ``a_dequant``: instead of ``a_q`` / ``a_s`` (pass None for them), a's exact bf16 values
-    [T, K], K-permuted by :func:`kperm_rowwise`: the tokens then skip the in-kernel dequantization
+    [T, K] (K a multiple of 128), K-permuted by :func:`kperm_rowwise`: the tokens then skip the in-kernel dequantization
     (TMA straight into WGMMA's layout); outputs are bit-identical to the MXFP8 ``a`` path.
     Returns ``out`` bf16 [T, N] (FC2: y) when ``swiglu`` is False; else a dict with ``z`` [T, N] and,
     as asked, ``h`` bf16 [T, N/2], ``h_row`` / ``h_col`` as (data, scales) of the MXFP8 ``h``
@@ -536,6 +546,8 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         raise ValueError(f"offsets must have E+1 = {num_experts + 1} entries, got {offsets.shape[0]}")
     if k % TILE_K or n % TILE_N:
         raise ValueError(f"K must be a multiple of {TILE_K} and N of {TILE_N}, got K={k}, N={n}")
+    if a_dequant is not None and k % (2 * TILE_K):
+        raise ValueError(f"a_dequant needs K to be a multiple of {2 * TILE_K}, got K={k}")
     if num_experts > MAX_EXPERTS:
         raise ValueError(f"at most {MAX_EXPERTS} experts, got {num_experts}")
     if probs is not None and (probs.dtype != torch.float32 or tuple(probs.shape) != (tokens,)):
