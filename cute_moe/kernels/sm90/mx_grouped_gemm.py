@@ -164,8 +164,9 @@ class MXGroupedGemmSm90Kernel:
         if cutlass.const_expr(self.tokens_bf16):
             h_stage = storage.sB8.data_ptr().toint()
         if rows > 0:
-            (self.mainloop_bf16_tokens if self.tokens_bf16 else self.mainloop_and_store)(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows,
-                                    n_tile, tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem)
+            mainloop = self.mainloop_bf16_tokens if self.tokens_bf16 else self.mainloop_and_store
+            mainloop(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows, n_tile, tidx, warp,
+                     storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem)
             if cutlass.const_expr(self.swiglu):
                 self.swiglu_epilogue(probs, h, out_stage, h_stage, row0, rows, n_tile, tidx)
         if cutlass.const_expr(self.swiglu and (self.h_row or self.h_col or self.h_dequant)):
@@ -181,49 +182,103 @@ class MXGroupedGemmSm90Kernel:
                     quantize_tile_colwise(h_stage, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, tidx - 128,
                                           self.hidden, True, self.swizzled)
 
+    # ---- pieces both mainloops use, in the order data flows: TMA, then the WGMMA operands
+
     @cute.jit
-    def mainloop_and_store(self, tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows, n_tile,
-                           tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem):
-        K = self.k
+    def start_pipeline(self, tma_a, tma_mA, sTok, tma_b, tma_mB, storage, b8_smem, e, row0, n_tile, warp,
+                       tx_bytes: cutlass.Constexpr):
+        """TMA views of the tile and the full/empty-barrier ring; warp 0 fills the first stages.
+        Returns (ab_pipe, producer state, TMA partitions)."""
         if warp == 0:
             cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
             cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
-        sA8 = storage.sA8.get_tensor(a8_smem)
         sB8 = storage.sB8.get_tensor(b8_smem)
-        sT16 = storage.sT16.get_tensor(t16_smem.outer, swizzle=t16_smem.inner)
-
-        # ---- TMA views and pipeline (kernels/sm90/parts.py)
-        tAgA, tAsA, tBgB, tBsB = tma_tile_partitions(tma_a, tma_mA, sA8, tma_b, tma_mB, sB8, row0, e, n_tile,
-                                                     self.tile_mnk)
-        ab_pipe = make_ab_pipeline(storage.bars.data_ptr(), STAGES, (TILE_M + TILE_N) * TILE_K, THREADS // 32)
-        k_tiles = self.k_tiles
+        parts = tma_tile_partitions(tma_a, tma_mA, sTok, tma_b, tma_mB, sB8, row0, e, n_tile, self.tile_mnk)
+        ab_pipe = make_ab_pipeline(storage.bars.data_ptr(), STAGES, tx_bytes, THREADS // 32)
         prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, STAGES)
         if warp == 0:
-            for _ in cutlass.range(min(STAGES, k_tiles), unroll=1):
-                load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+            for _ in cutlass.range(min(STAGES, self.k_tiles), unroll=1):
+                load_ab_stage(ab_pipe, prod, tma_a, parts[0], parts[1], tma_b, parts[2], parts[3])
                 prod.advance()
+        return ab_pipe, prod, parts
 
-        # ---- WGMMA (per warpgroup: features x tokens): A fragments in registers, B over the buffers
-        wg = cute.arch.make_warp_uniform(tidx // 128)
-        narrow = rows <= NARROW
+    @cute.jit
+    def mma_operands(self, mma_wide, mma_narrow, sTok16, bufs: cutlass.Constexpr, tidx, sets: cutlass.Constexpr):
+        """Per warpgroup (features x tokens): B fragments over the bf16 token buffers (wide: all
+        128 rows; narrow: the first NARROW rows, same swizzled layout), zeroed fp32 accumulators
+        (the narrow ones are the first NARROW / 8 n-blocks of the wide ones: same registers) and
+        ``sets`` x BLOCKS A fragments in registers, also as 16 words each."""
         thr_w = mma_wide.get_slice(tidx % 128)
         thr_n = mma_narrow.get_slice(tidx % 128)
-        tCrB = mma_wide.make_fragment_B(thr_w.partition_B(sT16))
-        # narrow: the first NARROW token rows of each buffer (same swizzled rows)
-        tCrB_n = mma_narrow.make_fragment_B(thr_n.partition_B(
-            cute.local_tile(sT16, (NARROW, TILE_K, TOK_BUFS), (0, 0, 0))))
+        tCrB = mma_wide.make_fragment_B(thr_w.partition_B(sTok16))
+        sTok16_narrow = cute.local_tile(sTok16, (NARROW, TILE_K, bufs), (0, 0, 0))
+        tCrB_n = mma_narrow.make_fragment_B(thr_n.partition_B(sTok16_narrow))
         acc = [cute.make_rmem_tensor(thr_w.partition_shape_C((64, TILE_M)), Float32) for _ in range(BLOCKS)]
-        # the narrow accumulators are the first NARROW / 8 n-blocks of the wide ones (same registers)
         acc_n = [cute.make_tensor(x.iterator, cute.make_layout(thr_n.partition_shape_C((64, NARROW)))) for x in acc]
-        rA = [mma_wide.make_fragment_A(thr_w.partition_shape_A((64, TILE_K))) for _ in range(BLOCKS)]
-        rA32 = [cute.make_tensor(cute.recast_ptr(x.iterator, dtype=Uint32), cute.make_layout(TILE_K // 4))
-                for x in rA]
-        k_blocks = cute.size(rA[0], mode=[2])
+        rA = [[mma_wide.make_fragment_A(thr_w.partition_shape_A((64, TILE_K))) for _ in range(BLOCKS)]
+              for _ in range(sets)]
+        rA32 = [[cute.make_tensor(cute.recast_ptr(x.iterator, dtype=Uint32), cute.make_layout(TILE_K // 4))
+                 for x in per_set] for per_set in rA]
+        for x in acc:
+            x.fill(0.0)
+        mma_wide.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        mma_narrow.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        return tCrB, tCrB_n, acc, acc_n, rA, rA32
+
+    @cute.jit
+    def weight_rows(self, b_scale, e, n_tile, tidx, warp):
+        """This thread's A-fragment rows: block j, half q -> feature row 128 wg + 64 j + 16 (warp % 4)
+        + lane // 4 + 8 q, of which it reads the 16 bytes of chunk lane % 4 (one E8M0 code: block
+        (lane % 4) // 2 of the k-tile). Returns (chunk, rows, scale-code addresses at k-tile 0)."""
+        wg = cute.arch.make_warp_uniform(tidx // 128)
+        fc = tidx % 4
+        f_rows = [wg * WG_FEATURES + 64 * (i // 2) + 16 * (warp % 4) + (tidx % 32) // 4 + 8 * (i % 2)
+                  for i in range(2 * BLOCKS)]
+        kb = self.k // 32
+        b_sc = [b_scale.toint() + (Int64(e) * self.n + n_tile * TILE_N + fr) * kb + fc // 2 for fr in f_rows]
+        return fc, f_rows, b_sc
+
+    @cute.jit
+    def weights_to_registers(self, stage: Int32, f_rows, fc, codes, rA32_j, j: cutlass.Constexpr):
+        """Dequantize block j's two rows (16 e4m3 bytes each) straight into its A fragment words:
+        per k16 step s, (row, k 2c), (row+8, k 2c), (row, k 2c+8), (row+8, k 2c+8)."""
+        for q in cutlass.range_constexpr(2):
+            i = 2 * j + q
+            v = e4m3_to_bf16_scaled(ld_shared(stage + f_rows[i] * TILE_K + fc * CHUNK, 4), codes[i])
+            for s in cutlass.range_constexpr(TILE_K // 16):
+                rA32_j[4 * s + q] = v[2 * s]
+                rA32_j[4 * s + 2 + q] = v[2 * s + 1]
+
+    @cute.jit
+    def issue_block(self, narrow, mma_wide, mma_narrow, acc_j, acc_n_j, rA_j, tCrB, tCrB_n, buf):
+        """Block j's four k16 WGMMAs over token buffer ``buf``: 64x32 when the tile holds at most
+        NARROW tokens, else 64x128."""
+        if narrow:
+            for s in cutlass.range(TILE_K // 16, unroll_full=True):
+                cute.gemm(mma_narrow, acc_n_j, rA_j[(None, None, s)], tCrB_n[(None, None, s, buf)], acc_n_j)
+        else:
+            for s in cutlass.range(TILE_K // 16, unroll_full=True):
+                cute.gemm(mma_wide, acc_j, rA_j[(None, None, s)], tCrB[(None, None, s, buf)], acc_j)
+
+    # ---- the two mainloops
+
+    @cute.jit
+    def mainloop_and_store(self, tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows, n_tile,
+                           tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem):
+        """MXFP8 tokens: all warps dequantize the stage's token rows into bf16 buffers (one CTA
+        barrier per k-tile), then each warpgroup its weight rows into registers."""
+        ab_pipe, prod, parts = self.start_pipeline(tma_a, tma_mA, storage.sA8.get_tensor(a8_smem), tma_b, tma_mB,
+                                                   storage, b8_smem, e, row0, n_tile, warp, (TILE_M + TILE_N) * TILE_K)
+        k_tiles = self.k_tiles
+        sT16 = storage.sT16.get_tensor(t16_smem.outer, swizzle=t16_smem.inner)
+        narrow = rows <= NARROW
+        tCrB, tCrB_n, acc, acc_n, rA, rA32 = self.mma_operands(mma_wide, mma_narrow, sT16, TOK_BUFS, tidx, 1)
+        fc, f_rows, b_sc = self.weight_rows(b_scale, e, n_tile, tidx, warp)
 
         # ---- token conversion: thread t converts the 16-byte chunk (t % 4) of rows t // 4 + 64 i
         kc = tidx % 4
         r0 = tidx // 4
-        kb = K // 32
+        kb = self.k // 32
         a8 = storage.sA8.data_ptr().toint()
         b8 = storage.sB8.data_ptr().toint()
         t16 = storage.sT16.data_ptr().toint()
@@ -232,18 +287,8 @@ class MXGroupedGemmSm90Kernel:
             # rows past T hold TMA zeros; any in-bounds scale byte serves them
             r = cutlass.min(row0 + r0 + 64 * i, tokens - 1)
             a_sc.append(a_scale.toint() + Int64(r) * kb + kc // 2)
-        # ---- weight rows of this thread's A fragments: block j, half q -> feature row
-        #      128 wg + 64 j + 16 (warp % 4) + lane // 4 + 8 q; its 16 bytes are chunk lane % 4
-        fc = tidx % 4
-        f_rows = [wg * WG_FEATURES + 64 * (i // 2) + 16 * (warp % 4) + (tidx % 32) // 4 + 8 * (i % 2)
-                  for i in range(2 * BLOCKS)]
-        b_sc = [b_scale.toint() + (Int64(e) * self.n + n_tile * TILE_N + fr) * kb + fc // 2 for fr in f_rows]
 
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, STAGES)
-        for x in acc:
-            x.fill(0.0)
-        mma_wide.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
-        mma_narrow.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
         buf = Int32(0)
         # scale codes run one k-tile ahead in registers: an L2 round trip per k-tile would
         # otherwise stall every warp right before its conversion
@@ -263,27 +308,15 @@ class MXGroupedGemmSm90Kernel:
             cute.arch.sync_threads()
             # refill the stage every warp released last iteration: never waits
             if warp == 0 and kt > 0 and prod.count < k_tiles:
-                load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                load_ab_stage(ab_pipe, prod, tma_a, parts[0], parts[1], tma_b, parts[2], parts[3])
                 prod.advance()
             stage = b8 + read.index * (TILE_N * TILE_K)
             for j in cutlass.range_constexpr(BLOCKS):
                 # WGMMA (kt-1, j) read rA[j]: retire it before overwriting
                 cute.nvgpu.warpgroup.wait_group(1)
-                for q in cutlass.range_constexpr(2):
-                    i = 2 * j + q
-                    v = e4m3_to_bf16_scaled(ld_shared(stage + f_rows[i] * TILE_K + fc * CHUNK, 4), b_codes[i])
-                    for s in cutlass.range_constexpr(k_blocks):
-                        # A fragment order per k16 step: (row, k 2c), (row+8, k 2c), (row, k 2c+8), (row+8, ..)
-                        rA32[j][4 * s + q] = v[2 * s]
-                        rA32[j][4 * s + 2 + q] = v[2 * s + 1]
+                self.weights_to_registers(stage, f_rows, fc, b_codes, rA32[0][j], j)
                 cute.nvgpu.warpgroup.fence()
-                if narrow:
-                    for s in cutlass.range(k_blocks, unroll_full=True):
-                        cute.gemm(mma_narrow, acc_n[j], rA[j][(None, None, s)], tCrB_n[(None, None, s, buf)],
-                                  acc_n[j])
-                else:
-                    for s in cutlass.range(k_blocks, unroll_full=True):
-                        cute.gemm(mma_wide, acc[j], rA[j][(None, None, s)], tCrB[(None, None, s, buf)], acc[j])
+                self.issue_block(narrow, mma_wide, mma_narrow, acc[j], acc_n[j], rA[0][j], tCrB, tCrB_n, buf)
                 cute.nvgpu.warpgroup.commit_group()
             ab_pipe.consumer_release(read)
             read.advance()
@@ -300,48 +333,18 @@ class MXGroupedGemmSm90Kernel:
                              n_tile, tidx, warp, storage, mma_wide, mma_narrow, a_smem, b8_smem, t16_smem):
         """Tokens arrive as bf16 (TMA straight into the swizzled operand layout): only the weights
         are dequantized, and the warpgroups never wait for each other."""
-        K = self.k
-        if warp == 0:
-            cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
-            cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
         sA = cute.make_tensor(cute.recast_ptr(storage.sA8.data_ptr(), a_smem.inner, dtype=BFloat16), a_smem.outer)
-        sB8 = storage.sB8.get_tensor(b8_smem)
-        tAgA, tAsA, tBgB, tBsB = tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB8, row0, e, n_tile,
-                                                     self.tile_mnk)
-        ab_pipe = make_ab_pipeline(storage.bars.data_ptr(), STAGES, (2 * TILE_M + TILE_N) * TILE_K, THREADS // 32)
+        ab_pipe, prod, parts = self.start_pipeline(tma_a, tma_mA, sA, tma_b, tma_mB, storage, b8_smem, e, row0,
+                                                   n_tile, warp, (2 * TILE_M + TILE_N) * TILE_K)
         k_tiles = self.k_tiles
-        prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, STAGES)
-        if warp == 0:
-            for _ in cutlass.range(min(STAGES, k_tiles), unroll=1):
-                load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
-                prod.advance()
-        wg = cute.arch.make_warp_uniform(tidx // 128)
         narrow = rows <= NARROW
-        thr_w = mma_wide.get_slice(tidx % 128)
-        thr_n = mma_narrow.get_slice(tidx % 128)
-        tCrB = mma_wide.make_fragment_B(thr_w.partition_B(sA))
-        tCrB_n = mma_narrow.make_fragment_B(thr_n.partition_B(cute.local_tile(sA, (NARROW, TILE_K, STAGES), (0, 0, 0))))
-        acc = [cute.make_rmem_tensor(thr_w.partition_shape_C((64, TILE_M)), Float32) for _ in range(BLOCKS)]
-        acc_n = [cute.make_tensor(x.iterator, cute.make_layout(thr_n.partition_shape_C((64, NARROW)))) for x in acc]
         # two register sets of A fragments: k-tile kt converts into set kt % 2 while the WGMMAs of
         # kt-1 still read the other (one set would make every conversion wait for the tensor cores)
-        rA = [[mma_wide.make_fragment_A(thr_w.partition_shape_A((64, TILE_K))) for _ in range(BLOCKS)]
-              for _ in range(2)]
-        rA32 = [[cute.make_tensor(cute.recast_ptr(x.iterator, dtype=Uint32), cute.make_layout(TILE_K // 4))
-                 for x in half] for half in rA]
-        k_blocks = cute.size(rA[0][0], mode=[2])
-        kb = K // 32
+        tCrB, tCrB_n, acc, acc_n, rA, rA32 = self.mma_operands(mma_wide, mma_narrow, sA, STAGES, tidx, 2)
+        fc, f_rows, b_sc = self.weight_rows(b_scale, e, n_tile, tidx, warp)
         b8 = storage.sB8.data_ptr().toint()
-        fc = tidx % 4
-        f_rows = [wg * WG_FEATURES + 64 * (i // 2) + 16 * (warp % 4) + (tidx % 32) // 4 + 8 * (i % 2)
-                  for i in range(2 * BLOCKS)]
-        b_sc = [b_scale.toint() + (Int64(e) * self.n + n_tile * TILE_N + fr) * kb + fc // 2 for fr in f_rows]
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, STAGES)
         prev = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, STAGES)
-        for x in acc:
-            x.fill(0.0)
-        mma_wide.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
-        mma_narrow.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
         b_next = [ld_global_u8(p) for p in b_sc]
         for kt2 in cutlass.range(k_tiles // 2, unroll=1):  # k_tiles is even here (K % 128 == 0)
             for half in cutlass.range_constexpr(2):
@@ -352,23 +355,11 @@ class MXGroupedGemmSm90Kernel:
                 ab_pipe.consumer_wait(read)
                 stage = b8 + read.index * (TILE_N * TILE_K)
                 for j in cutlass.range_constexpr(BLOCKS):
-                    for q in cutlass.range_constexpr(2):
-                        i = 2 * j + q
-                        v = e4m3_to_bf16_scaled(ld_shared(stage + f_rows[i] * TILE_K + fc * CHUNK, 4), b_codes[i])
-                        for s in cutlass.range_constexpr(k_blocks):
-                            # A fragment per k16 step: (row, k 2c), (row+8, k 2c), (row, k 2c+8), (row+8, ..)
-                            rA32[half][j][4 * s + q] = v[2 * s]
-                            rA32[half][j][4 * s + 2 + q] = v[2 * s + 1]
+                    self.weights_to_registers(stage, f_rows, fc, b_codes, rA32[half][j], j)
                 cute.nvgpu.warpgroup.fence()
                 for j in cutlass.range_constexpr(BLOCKS):
-                    if narrow:
-                        for s in cutlass.range(k_blocks, unroll_full=True):
-                            cute.gemm(mma_narrow, acc_n[j], rA[half][j][(None, None, s)],
-                                      tCrB_n[(None, None, s, read.index)], acc_n[j])
-                    else:
-                        for s in cutlass.range(k_blocks, unroll_full=True):
-                            cute.gemm(mma_wide, acc[j], rA[half][j][(None, None, s)], tCrB[(None, None, s, read.index)],
-                                      acc[j])
+                    self.issue_block(narrow, mma_wide, mma_narrow, acc[j], acc_n[j], rA[half][j], tCrB, tCrB_n,
+                                     read.index)
                 cute.nvgpu.warpgroup.commit_group()
                 # k-tile kt-1 retires: its register set is free, its stage goes back to TMA
                 cute.nvgpu.warpgroup.wait_group(1)
@@ -376,7 +367,7 @@ class MXGroupedGemmSm90Kernel:
                     ab_pipe.consumer_release(prev)
                     prev.advance()
                     if warp == 0 and prod.count < k_tiles:
-                        load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                        load_ab_stage(ab_pipe, prod, tma_a, parts[0], parts[1], tma_b, parts[2], parts[3])
                         prod.advance()
                 read.advance()
         cute.nvgpu.warpgroup.wait_group(0)
@@ -581,7 +572,8 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         flags = (swiglu, probs is not None, h_bf16, h_row, h_col, swizzled, a_dequant is not None, h_dequant)
         kern = compiled_mx_grouped_gemm_kernel(n, k, flags, target_arch(dev))
         u8 = Uint8
-        kern(gmem_ptr(u8, a_q) if a_dequant is None else gmem_ptr(BFloat16, a_dequant), gmem_ptr(u8, a_s), gmem_ptr(u8, b_q), gmem_ptr(u8, b_s), gmem_ptr(Int32, offsets),
+        a_ptr = gmem_ptr(u8, a_q) if a_dequant is None else gmem_ptr(BFloat16, a_dequant)
+        kern(a_ptr, gmem_ptr(u8, a_s), gmem_ptr(u8, b_q), gmem_ptr(u8, b_s), gmem_ptr(Int32, offsets),
              gmem_ptr(BFloat16, out), gmem_ptr(Float32, probs), gmem_ptr(BFloat16, h),
              gmem_ptr(BFloat16 if h_dequant else u8, hq_row),
              gmem_ptr(u8, hs_row), gmem_ptr(u8, hq_col), gmem_ptr(u8, hs_col), Int32(tokens), Int32(num_experts),
