@@ -70,3 +70,32 @@ def test_quantize_front_door_errors():
         quantize_mxfp8(torch.zeros(2, 32), rowwise=False)
     with pytest.raises(ValueError, match="sum"):
         quantize_mxfp8(torch.zeros(4, 32), split_sizes=torch.tensor([1, 2]))
+
+
+def test_mx_grouped_gemm_argument_errors():
+    """The SM90 MX GEMM's launcher rejects bad arguments before touching a device (CPU tensors)."""
+    from cute_moe.kernels.quantize import quantize_mxfp8_cuda
+    from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
+
+    f8 = torch.float8_e4m3fn
+    t, e, n, k = 5, 2, 256, 256
+    a_q, a_s = torch.zeros(t, k, dtype=f8), torch.zeros(t, k // 32, dtype=torch.uint8)
+    b_q, b_s = torch.zeros(e, n, k, dtype=f8), torch.zeros(e, n, k // 32, dtype=torch.uint8)
+    offsets = torch.tensor([0, 2, 5], dtype=torch.int32)
+    a_deq = torch.zeros(t, k, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="not both"):
+        mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, a_dequant=a_deq)
+    with pytest.raises(ValueError, match="a_dequant must be"):
+        mx_grouped_gemm_sm90(None, None, b_q, b_s, offsets, a_dequant=a_deq.float())
+    with pytest.raises(ValueError, match="required"):
+        mx_grouped_gemm_sm90(a_q, None, b_q, b_s, offsets)
+    k3 = 192  # a multiple of 64 but not of 128
+    with pytest.raises(ValueError, match="multiple of 128"):
+        b3_q, b3_s = torch.zeros(e, n, k3, dtype=f8), torch.zeros(e, n, k3 // 32, dtype=torch.uint8)
+        mx_grouped_gemm_sm90(None, None, b3_q, b3_s, offsets, a_dequant=torch.zeros(t, k3, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="not both"):
+        mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, swiglu=True, h_row=True, h_dequant=True)
+    with pytest.raises(ValueError, match="swiglu"):
+        mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, h_dequant=True)
+    with pytest.raises(ValueError, match="row_dequant"):
+        quantize_mxfp8_cuda(torch.zeros(4, 96, dtype=torch.bfloat16), row_dequant=True)

@@ -16,16 +16,21 @@ How the work is laid out, and why:
 - The WGMMA runs transposed ("swap AB"): the weights are its M side, taken from *registers* (RS),
   the tokens its N side, from shared memory. Each warpgroup owns 128 features (two 64-row WGMMA
   blocks). A thread reads 16 contiguous e4m3 bytes of each of its weight rows and dequantizes them
-  straight into its A fragment, so weights never round-trip through shared memory as bf16: that
-  traffic, not the conversion arithmetic, is what bounds a shared-memory transform (REFERENCE §6).
+  straight into its A fragment: the weights never round-trip through shared memory as bf16.
   The 16 bytes are the thread's A-fragment k slots of the four k16 steps; the tokens' bf16 copy is
-  written in the same k order (a permutation of K inside each 64-wide k-tile: the dot products are
+  in the same k order (a permutation of K inside each 64-wide k-tile: the dot products are
   unchanged). Dequantization: e4m3 -> f16 (hardware) -> f32 -> times 2^(E-127) -> bf16, exact.
-- Tokens: all 256 threads convert the stage's valid token rows into one of three bf16 buffers in
-  WGMMA's 128-byte-swizzled K-major layout, then one CTA barrier. Three buffers let one barrier per
-  k-tile suffice: buffer kt % 3 was last read by WGMMA kt-3, retired before the previous barrier.
-  Tiles with at most 32 tokens (decode) use 64x32 WGMMAs: the tensor cores then stay far below the
-  weight stream.
+- Tokens, two ways (bit-identical results):
+  - MXFP8 ``a`` (``mainloop_and_store``): all 256 threads convert the stage's valid token rows into
+    one of three bf16 buffers in WGMMA's 128-byte-swizzled K-major layout, then one CTA barrier.
+    Three buffers let one barrier per k-tile suffice: buffer kt % 3 was last read by WGMMA kt-3,
+    retired before the previous barrier.
+  - ``a_dequant`` (``mainloop_bf16_tokens``, what the fused forward uses): the tokens' exact bf16
+    values, already K-permuted by the pass that quantized them, come by TMA straight into the
+    swizzled layout: no token conversion, no CTA barrier; a stage is released once the WGMMAs of
+    its k-tile retire, and k-tiles alternate two register sets of A fragments.
+  Tiles with at most 32 tokens (decode) use 64x32 WGMMAs instead of 64x128: the tensor cores then
+  stay far below the weight stream (always 64x128: flash B=128 FC1 2.36 ms instead of 1.86).
 - Epilogue: accumulators -> bf16 -> shared memory by transposing stmatrix into a [token][feature]
   tile (rows padded to 528 bytes: no bank conflicts), then 16-byte stores of the tile's rows that
   belong to the expert (a TMA store would overwrite the next expert's rows). That is ``y`` (FC2) or
