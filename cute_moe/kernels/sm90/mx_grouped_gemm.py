@@ -53,6 +53,7 @@ import torch
 from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
 
 from ...quant.layout import grouped_tiles
+from ...quant.mxfp8 import dequantize
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS, placed_tile
 from ..common.ptx import bf16x2_to_f32, e4m3_to_bf16_scaled, f32_to_bf16x2, ld_global_u8, ld_shared, st_global, st_shared
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
@@ -494,12 +495,10 @@ def kperm_rowwise(x: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_rowwise_kperm(a_q: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
-    """Reference producer of ``a_dequant``: exact bf16 dequantization of rowwise MXFP8 ``a``
-    (plain scales), K-permuted by :func:`kperm_rowwise` (torch ops: a reference, not a fast path)."""
-    t, k = a_q.shape
-    scale = torch.exp2(a_s.float() - 127).masked_fill(a_s == 255, float("nan"))  # E8M0 0xFF: NaN block
-    x = a_q.float().view(t, k // 32, 32) * scale.unsqueeze(-1)
-    return kperm_rowwise(x.view(t, k).to(torch.bfloat16)).contiguous()
+    """Reference producer of ``a_dequant``: the reference dequantization of rowwise MXFP8 ``a``
+    (plain scales) rounded once to bf16, K-permuted by :func:`kperm_rowwise` (torch ops: a
+    reference, not a fast path)."""
+    return kperm_rowwise(dequantize(a_q, a_s, -1, dtype=torch.bfloat16)).contiguous()
 
 
 def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=None, h_bf16=False, h_row=False,
