@@ -32,10 +32,10 @@ import torch
 from cutlass import BFloat16, Int32, Int64
 
 from ...quant.layout import grouped_tiles
-from ..common.placement import MAX_EXPERTS, TILE_TOKENS, placed_tile
+from ..common.placement import MAX_EXPERTS, TILE_TOKENS
 from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
-from .parts import (grouped_tma_atoms, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16, mma_partitions,
-                    stage_acc_bf16, tma_tile_partitions)
+from .parts import (grouped_tma_atoms, make_tiled_mma_bf16, mma_partitions, placed_cta, release_and_refill,
+                    stage_acc_bf16, start_ab_pipeline)
 
 TILE_M = TILE_TOKENS  # the grouped placement's tile: one CTA, two warpgroups of 64 rows
 TILE_N = 128
@@ -92,38 +92,20 @@ class GroupedGemmSm90Kernel:
     def kernel(self, tma_a: cute.CopyAtom, tma_mA: cute.Tensor, tma_b: cute.CopyAtom, tma_mB: cute.Tensor,
                y: cute.Pointer, offsets: cute.Pointer, num_experts: Int32, tiled_mma: cute.TiledMma,
                a_smem: cute.ComposedLayout, b_smem: cute.ComposedLayout, y_smem: cute.ComposedLayout):
-        tidx, _, _ = cute.arch.thread_idx()
-        n_tile, tile, _ = cute.arch.block_idx()
-        warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
-        lane = tidx % 32
-
-        # ---- which expert and rows this placed tile holds
-        e, row0, rows = placed_tile(offsets, num_experts, tile, lane)  # rows 0: gap tile / empty expert
-
-        smem = cutlass.memory.SmemAllocator()
-        storage = smem.allocate(self.shared_storage)
+        # ---- which expert and rows this placed tile holds (rows 0: gap tile / empty expert)
+        tidx, warp, n_tile, tile, e, row0, rows, storage = placed_cta(offsets, num_experts, self.shared_storage)
         if rows > 0:
-            if warp == 0:
-                cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
-                cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
             sA = storage.sA.get_tensor(a_smem.outer, swizzle=a_smem.inner)
             sB = storage.sB.get_tensor(b_smem.outer, swizzle=b_smem.inner)
 
-            # ---- TMA views, pipeline and WGMMA partitions (kernels/sm90/parts.py)
-            tAgA, tAsA, tBgB, tBsB = tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile,
-                                                         self.tile_mnk)
+            # ---- TMA views, pipeline (its first stages in flight) and WGMMA partitions (parts.py)
             tx_bytes = cute.size_in_bytes(BFloat16, cute.slice_(a_smem, (None, None, 0))) + cute.size_in_bytes(
                 BFloat16, cute.slice_(b_smem, (None, None, 0)))
-            ab_pipe = make_ab_pipeline(storage.bars.data_ptr(), self.stages, tx_bytes, THREADS // 32)
             k_tiles = self.k_tiles
-            prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
+            ab_pipe, prod, parts = start_ab_pipeline(tma_a, tma_mA, sA, tma_b, tma_mB, sB, storage.bars.data_ptr(),
+                                                     self.stages, tx_bytes, k_tiles, row0, e, n_tile, self.tile_mnk,
+                                                     warp, THREADS // 32)
             wg, tCrA, tCrB, acc, k_blocks = mma_partitions(tiled_mma, sA, sB, tidx, (TILE_M, TILE_N))
-
-            # prologue: fill the ring
-            if warp == 0:
-                for _ in cutlass.range(min(self.stages, k_tiles), unroll=1):
-                    load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
-                    prod.advance()
 
             read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
             release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
@@ -137,17 +119,10 @@ class GroupedGemmSm90Kernel:
                     coord = (None, None, kb, read.index)
                     cute.gemm(tiled_mma, acc, tCrA[coord], tCrB[coord], acc)
                 cute.nvgpu.warpgroup.commit_group()
-                # one k-tile of WGMMAs stays in flight; the one before it has finished reading
-                # its stage, which goes back to the producer. Warp 0 refills that same stage only
-                # after its own release (it waits for all 8 warps' releases): acquiring before any
-                # release, in iteration 0, would deadlock warp 0 against its own arrive.
+                # one k-tile of WGMMAs stays in flight; the one before it is done with its stage
                 cute.nvgpu.warpgroup.wait_group(1)
-                if kt > 0:
-                    ab_pipe.consumer_release(release)
-                    release.advance()
-                    if warp == 0 and prod.count < k_tiles:
-                        load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
-                        prod.advance()
+                release, prod = release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles, tma_a, tma_b,
+                                                   parts)
                 read.advance()
             cute.nvgpu.warpgroup.wait_group(0)
 

@@ -54,14 +54,14 @@ from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
 
 from ...quant.layout import grouped_tiles
 from ...quant.mxfp8 import dequantize
-from ..common.placement import MAX_EXPERTS, TILE_TOKENS, placed_tile
+from ..common.placement import MAX_EXPERTS, TILE_TOKENS
 from ..common.ptx import bf16x2_to_f32, e4m3_to_bf16_scaled, f32_to_bf16x2, ld_global_u8, ld_shared, st_global, st_shared
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_COLS as H_TILE_COLS
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise
 from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
-from .parts import (grouped_tma_atoms, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16,
-                    stage_acc_bf16, tma_tile_partitions)
+from .parts import (grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16, placed_cta, release_and_refill,
+                    stage_acc_bf16, start_ab_pipeline)
 
 TILE_M = TILE_TOKENS  # tokens of the output tile (WGMMA's N side)
 TILE_N = 256  # features (WGMMA's M side); FC1: 4 gate/up pairs -> the 128 h columns of one quantize tile
@@ -153,16 +153,8 @@ class MXGroupedGemmSm90Kernel:
                hq_col: cute.Pointer, hs_col: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32,
                mma_wide: cute.TiledMma, mma_narrow: cute.TiledMma, a8_smem, b8_smem: cute.Layout,
                t16_smem: cute.ComposedLayout):
-        tidx, _, _ = cute.arch.thread_idx()
-        n_tile, tile, _ = cute.arch.block_idx()
-        warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
-        lane = tidx % 32
-
-        # ---- which expert and rows this placed tile holds
-        e, row0, rows = placed_tile(offsets, num_experts, tile, lane)  # rows 0: gap tile / empty expert
-
-        smem = cutlass.memory.SmemAllocator()
-        storage = smem.allocate(self.shared_storage)
+        # ---- which expert and rows this placed tile holds (rows 0: gap tile / empty expert)
+        tidx, warp, n_tile, tile, e, row0, rows, storage = placed_cta(offsets, num_experts, self.shared_storage)
         # epilogue staging reuses the operand buffers: the bf16 out tile in the e4m3 ring (144 KB),
         # the h tile in the bf16 token buffers (48 KB)
         out_stage = storage.sA8.data_ptr().toint()
@@ -189,24 +181,6 @@ class MXGroupedGemmSm90Kernel:
                                           self.hidden, True, self.swizzled)
 
     # ---- pieces both mainloops use, in the order data flows: TMA, then the WGMMA operands
-
-    @cute.jit
-    def start_pipeline(self, tma_a, tma_mA, sTok, tma_b, tma_mB, storage, b8_smem, e, row0, n_tile, warp,
-                       tx_bytes: cutlass.Constexpr):
-        """TMA views of the tile and the full/empty-barrier ring; warp 0 fills the first stages.
-        Returns (ab_pipe, producer state, TMA partitions)."""
-        if warp == 0:
-            cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
-            cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
-        sB8 = storage.sB8.get_tensor(b8_smem)
-        parts = tma_tile_partitions(tma_a, tma_mA, sTok, tma_b, tma_mB, sB8, row0, e, n_tile, self.tile_mnk)
-        ab_pipe = make_ab_pipeline(storage.bars.data_ptr(), STAGES, tx_bytes, THREADS // 32)
-        prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, STAGES)
-        if warp == 0:
-            for _ in cutlass.range(min(STAGES, self.k_tiles), unroll=1):
-                load_ab_stage(ab_pipe, prod, tma_a, parts[0], parts[1], tma_b, parts[2], parts[3])
-                prod.advance()
-        return ab_pipe, prod, parts
 
     @cute.jit
     def mma_operands(self, mma_wide, mma_narrow, sTok16, bufs: cutlass.Constexpr, tidx, sets: cutlass.Constexpr):
@@ -273,8 +247,10 @@ class MXGroupedGemmSm90Kernel:
                            tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem):
         """MXFP8 tokens: all warps dequantize the stage's token rows into bf16 buffers (one CTA
         barrier per k-tile), then each warpgroup its weight rows into registers."""
-        ab_pipe, prod, parts = self.start_pipeline(tma_a, tma_mA, storage.sA8.get_tensor(a8_smem), tma_b, tma_mB,
-                                                   storage, b8_smem, e, row0, n_tile, warp, (TILE_M + TILE_N) * TILE_K)
+        ab_pipe, prod, parts = start_ab_pipeline(tma_a, tma_mA, storage.sA8.get_tensor(a8_smem), tma_b, tma_mB,
+                                                 storage.sB8.get_tensor(b8_smem), storage.bars.data_ptr(), STAGES,
+                                                 (TILE_M + TILE_N) * TILE_K, self.k_tiles, row0, e, n_tile,
+                                                 self.tile_mnk, warp, THREADS // 32)
         k_tiles = self.k_tiles
         sT16 = storage.sT16.get_tensor(t16_smem.outer, swizzle=t16_smem.inner)
         narrow = rows <= NARROW
@@ -314,7 +290,7 @@ class MXGroupedGemmSm90Kernel:
             cute.arch.sync_threads()
             # refill the stage every warp released last iteration: never waits
             if warp == 0 and kt > 0 and prod.count < k_tiles:
-                load_ab_stage(ab_pipe, prod, tma_a, parts[0], parts[1], tma_b, parts[2], parts[3])
+                load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts)
                 prod.advance()
             stage = b8 + read.index * (TILE_N * TILE_K)
             for j in cutlass.range_constexpr(BLOCKS):
@@ -340,8 +316,9 @@ class MXGroupedGemmSm90Kernel:
         """Tokens arrive as bf16 (TMA straight into the swizzled operand layout): only the weights
         are dequantized, and the warpgroups never wait for each other."""
         sA = cute.make_tensor(cute.recast_ptr(storage.sA8.data_ptr(), a_smem.inner, dtype=BFloat16), a_smem.outer)
-        ab_pipe, prod, parts = self.start_pipeline(tma_a, tma_mA, sA, tma_b, tma_mB, storage, b8_smem, e, row0,
-                                                   n_tile, warp, (2 * TILE_M + TILE_N) * TILE_K)
+        ab_pipe, prod, parts = start_ab_pipeline(tma_a, tma_mA, sA, tma_b, tma_mB, storage.sB8.get_tensor(b8_smem),
+                                                 storage.bars.data_ptr(), STAGES, (2 * TILE_M + TILE_N) * TILE_K,
+                                                 self.k_tiles, row0, e, n_tile, self.tile_mnk, warp, THREADS // 32)
         k_tiles = self.k_tiles
         narrow = rows <= NARROW
         # two register sets of A fragments: k-tile kt converts into set kt % 2 while the WGMMAs of
@@ -369,12 +346,7 @@ class MXGroupedGemmSm90Kernel:
                 cute.nvgpu.warpgroup.commit_group()
                 # k-tile kt-1 retires: its register set is free, its stage goes back to TMA
                 cute.nvgpu.warpgroup.wait_group(1)
-                if kt > 0:
-                    ab_pipe.consumer_release(prev)
-                    prev.advance()
-                    if warp == 0 and prod.count < k_tiles:
-                        load_ab_stage(ab_pipe, prod, tma_a, parts[0], parts[1], tma_b, parts[2], parts[3])
-                        prod.advance()
+                prev, prod = release_and_refill(ab_pipe, prev, prod, kt, warp, k_tiles, tma_a, tma_b, parts)
                 read.advance()
         cute.nvgpu.warpgroup.wait_group(0)
         cute.arch.sync_threads()

@@ -9,6 +9,8 @@ import cutlass.pipeline as pipeline
 import cutlass.utils.hopper_helpers as sm90_utils
 from cutlass import BFloat16, Float32
 
+from ..common.placement import placed_tile
+
 
 @cute.jit
 def tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile, tile_mnk: cutlass.Constexpr):
@@ -37,14 +39,64 @@ def make_ab_pipeline(barriers, stages: int, tx_bytes, consumer_warps: int):
 
 
 @cute.jit
-def load_ab_stage(ab_pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB):
+def placed_cta(offsets, num_experts, shared_storage):
+    """The CTA's start, common to the grouped GEMMs: thread index, warp, N tile, the placed tile
+    (REFERENCE §2) with its expert, first token and valid rows (0: gap tile / empty expert), and
+    the shared storage. Returns (tidx, warp, n_tile, tile, e, row0, rows, storage)."""
+    tidx, _, _ = cute.arch.thread_idx()
+    n_tile, tile, _ = cute.arch.block_idx()
+    warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+    e, row0, rows = placed_tile(offsets, num_experts, tile, tidx % 32)
+    storage = cutlass.memory.SmemAllocator().allocate(shared_storage)
+    return tidx, warp, n_tile, tile, e, row0, rows, storage
+
+
+@cute.jit
+def load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts):
     """Producer (one warp; the TMA atoms elect one thread): wait for a free stage, arm its full
-    barrier with the byte count, issue both TMA loads of k-tile ``prod.count``."""
+    barrier with the byte count, issue both TMA loads of k-tile ``prod.count``. ``parts``: the
+    (tAgA, tAsA, tBgB, tBsB) of :func:`tma_tile_partitions`."""
+    tAgA, tAsA, tBgB, tBsB = parts
     ab_pipe.producer_acquire(prod)
     bar = ab_pipe.producer_get_barrier(prod)
     cute.copy(tma_a, tAgA[(None, prod.count)], tAsA[(None, prod.index)], tma_bar_ptr=bar)
     cute.copy(tma_b, tBgB[(None, prod.count)], tBsB[(None, prod.index)], tma_bar_ptr=bar)
     ab_pipe.producer_commit(prod)
+
+
+@cute.jit
+def start_ab_pipeline(tma_a, tma_mA, sA, tma_b, tma_mB, sB, barriers, stages: cutlass.Constexpr,
+                      tx_bytes: cutlass.Constexpr, k_tiles: cutlass.Constexpr, row0, e, n_tile,
+                      tile_mnk: cutlass.Constexpr, warp, consumer_warps: cutlass.Constexpr):
+    """TMA views of the placed tile, the full/empty-barrier ring (every consumer warp releases),
+    and warp 0 filling its first stages. Returns (ab_pipe, producer state, TMA partitions)."""
+    if warp == 0:
+        cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
+        cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
+    parts = tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile, tile_mnk)
+    ab_pipe = make_ab_pipeline(barriers, stages, tx_bytes, consumer_warps)
+    prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, stages)
+    if warp == 0:
+        for _ in cutlass.range(min(stages, k_tiles), unroll=1):
+            load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts)
+            prod.advance()
+    return ab_pipe, prod, parts
+
+
+@cute.jit
+def release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles: cutlass.Constexpr, tma_a, tma_b, parts):
+    """After ``wait_group(1)`` in k-tile ``kt``: the WGMMAs of k-tile kt-1 have read their stage,
+    which goes back to the producer. Warp 0 refills that same stage only after its own release (it
+    waits for every consumer warp's release): acquiring before any release, in k-tile 0, would deadlock
+    warp 0 against its own arrive. Returns the advanced (release, prod): pipeline states changed
+    inside a helper do not flow back into the caller's loop unless they are returned."""
+    if kt > 0:
+        ab_pipe.consumer_release(release)
+        release.advance()
+        if warp == 0 and prod.count < k_tiles:
+            load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts)
+            prod.advance()
+    return release, prod
 
 
 @cute.jit
