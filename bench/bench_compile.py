@@ -17,10 +17,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = {  # name: (K, H), FC1 = [*, K] x [2H, K], FC2 = [*, H] x [K, H]
-    "dsv3_ep8": (7168, 2048), "qwen3_30b": (2048, 768), "mixtral_like": (4096, 14336),
-    "flash": (4096, 2048), "pro": (7168, 3072),
-}
+sys.path.insert(0, str(ROOT / "bench"))
+from shapes import DECODE, SHAPES  # noqa: E402
 FC1 = (True, True, False, False, True, False, True, True)  # probs, h_col, bf16 tokens, h_dequant
 FC2 = (False,) * 6 + (True,)
 CHILD = """
@@ -52,7 +50,9 @@ def main():
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     configs = []
-    for name, (k, h) in SHAPES.items():
+    kh = {name: (k, h) for name, (_, _, k, h) in SHAPES.items() if not name.endswith("zipf")}
+    kh.update({name: (k, h) for name, (_, k, h) in DECODE.items()})
+    for name, (k, h) in kh.items():  # FC1 = [*, K] x [2H, K], FC2 = [*, H] x [K, H]
         configs.append((f"{name} FC1", 2 * h, k, FC1))
         configs.append((f"{name} FC2", k, h, FC2))
     with tempfile.TemporaryDirectory(prefix="cute_moe_cache_") as d:

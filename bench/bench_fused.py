@@ -23,15 +23,12 @@ import time
 import torch
 from triton.testing import do_bench
 
-from bench_mlp import SHAPES, split_sizes  # bench/ is on sys.path when run as a script
+from shapes import DECODE, DECODE_BATCHES, SHAPES, TOPK, split_sizes  # bench/ is on sys.path as a script
 from cute_moe.kernels.quantize import quantize_mxfp8_cuda
 from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
 from cute_moe.quant.api import exclusive_offsets, quantize_mxfp8
 
-TRAIN = SHAPES  # the training shapes of bench_mlp.py (experts, tokens per expert, K, H)
-DECODE = {"flash": (256, 4096, 2048), "pro": (384, 7168, 3072)}  # experts, K, H; top-6 routing
-DECODE_BATCHES = (1, 16, 64, 128)
-TOPK = 6
+TRAIN = SHAPES  # (experts, tokens per expert, K, H)
 
 
 def decode_sizes(e, batch, gen):

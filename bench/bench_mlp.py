@@ -17,24 +17,7 @@ from triton.testing import do_bench
 
 import cute_moe
 from cute_moe import MXFP8BlockScaling, autocast
-
-SHAPES = {  # name: (experts, tokens per expert, K, H)
-    "dsv3_ep8": (32, 1024, 7168, 2048),
-    "qwen3_30b": (128, 256, 2048, 768),
-    "mixtral_like": (8, 4096, 4096, 14336),
-    "qwen3_30b_zipf": (128, 256, 2048, 768),
-}
-
-
-def split_sizes(name, e, tpe):
-    if not name.endswith("zipf"):
-        return torch.full((e,), tpe, dtype=torch.int64)
-    w = 1.0 / torch.arange(1, e + 1, dtype=torch.float64) ** 1.1
-    sizes = torch.floor(w / w.sum() * e * tpe).to(torch.int64)
-    sizes[-e // 8 :] = 0  # some experts empty
-    sizes[0] += e * tpe - int(sizes.sum())
-    return sizes
-
+from shapes import SHAPES, split_sizes  # bench/ is on sys.path when run as a script
 
 def main():
     ap = argparse.ArgumentParser()
