@@ -170,14 +170,11 @@ class _FusedSm90Ops(_CudaOps):
         return row.data.view(e, n, k), row.scale.view(e, n, k // 32)
 
     def quant_fc1_input(self, x, sizes, want_col):
-        """(dequantized Q_row(x), K-permuted bf16; MXFP8 columnwise x or None) in one pass."""
-        from .kernels.quantize import quantize_mxfp8_cuda
-
+        """(dequantized Q_row(x), K-permuted bf16; MXFP8 columnwise x or None) in one pass: ``quant``
+        with the rowwise output as FC1's ``a_dequant``."""
         x16 = x.to(torch.bfloat16).contiguous()
-        x_deq, _, q_col, s_col = quantize_mxfp8_cuda(x16, True, want_col, sizes[1] if want_col else None,
-                                                     row_dequant=True)
-        x_col = MXFP8Tensor(q_col, 0, scale=s_col, split_sizes=sizes[0]) if want_col else None
-        return x_deq, x_col
+        return quantize_checked(x16, True, want_col, sizes[0] if want_col else None, sizes[1] if want_col else None,
+                                row_dequant=True)
 
     def fc1_swiglu(self, x_deq, w1, probs, sizes, want_h_col):
         """(bf16 z, dequantized Q_row(h) K-permuted for FC2, MXFP8 columnwise h or None)."""

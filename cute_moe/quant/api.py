@@ -77,19 +77,26 @@ def quantize_mxfp8(
     return quantize_checked(x, rowwise, colwise, split_sizes, offsets, swizzled)
 
 
-def quantize_checked(x, rowwise, colwise, split_sizes, offsets, swizzled=False):
+def quantize_checked(x, rowwise, colwise, split_sizes, offsets, swizzled=False, row_dequant=False):
     """:func:`quantize_mxfp8` on inputs already validated, with ``offsets`` (int32 [E+1] on
     x's device, or None) already computed: the per-call path of the autograd functions, which
-    check and group their inputs once per call, not once per quantized operand."""
+    check and group their inputs once per call, not once per quantized operand.
+    ``row_dequant`` (CUDA): the rowwise result is the bf16 tensor the SM90 GEMM takes as
+    ``a_dequant`` (exact dequantization of the rowwise MXFP8 values, K-permuted), not an MXFP8Tensor."""
     if x.device.type != "cuda":
+        if row_dequant:
+            raise ValueError("row_dequant is produced by the CUDA quantize kernel only")
         sizes_cpu = None if split_sizes is None else split_sizes.cpu()
         row = quantize(x, -1, sizes_cpu) if rowwise else None
         col = quantize(x, 0, sizes_cpu) if colwise else None
         return row, col
     from ..kernels.quantize import quantize_mxfp8_cuda
 
-    q_row, s_row, q_col, s_col = quantize_mxfp8_cuda(x, rowwise, colwise, offsets, swizzled)
+    q_row, s_row, q_col, s_col = quantize_mxfp8_cuda(x, rowwise, colwise, offsets, swizzled, row_dequant)
     key = "scale_swizzled" if swizzled else "scale"
-    row = MXFP8Tensor(q_row, -1, split_sizes=split_sizes, **{key: s_row}) if rowwise else None
+    if row_dequant:
+        row = q_row
+    else:
+        row = MXFP8Tensor(q_row, -1, split_sizes=split_sizes, **{key: s_row}) if rowwise else None
     col = MXFP8Tensor(q_col, 0, split_sizes=split_sizes, **{key: s_col}) if colwise else None
     return row, col
