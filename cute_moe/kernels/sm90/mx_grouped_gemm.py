@@ -298,8 +298,13 @@ class MXGroupedGemmSm90Kernel:
                 cute.nvgpu.warpgroup.wait_group(1)
                 self.weights_to_registers(stage, f_rows, fc, b_codes, rA32[0][j], j)
                 cute.nvgpu.warpgroup.fence()
-                self.issue_block(narrow, mma_wide, mma_narrow, acc[j], acc_n[j], rA[0][j], tCrB, tCrB_n, buf)
-                cute.nvgpu.warpgroup.commit_group()
+                # committed inside each branch (see mainloop_bf16_tokens)
+                if narrow:
+                    self.issue_block(True, mma_wide, mma_narrow, acc[j], acc_n[j], rA[0][j], tCrB, tCrB_n, buf)
+                    cute.nvgpu.warpgroup.commit_group()
+                else:
+                    self.issue_block(False, mma_wide, mma_narrow, acc[j], acc_n[j], rA[0][j], tCrB, tCrB_n, buf)
+                    cute.nvgpu.warpgroup.commit_group()
             ab_pipe.consumer_release(read)
             read.advance()
             buf = buf + 1
@@ -340,10 +345,19 @@ class MXGroupedGemmSm90Kernel:
                 for j in cutlass.range_constexpr(BLOCKS):
                     self.weights_to_registers(stage, f_rows, fc, b_codes, rA32[half][j], j)
                 cute.nvgpu.warpgroup.fence()
-                for j in cutlass.range_constexpr(BLOCKS):
-                    self.issue_block(narrow, mma_wide, mma_narrow, acc[j], acc_n[j], rA[half][j], tCrB, tCrB_n,
-                                     read.index)
-                cute.nvgpu.warpgroup.commit_group()
+                # one group per k-tile, committed inside each branch: a commit after the branches
+                # merge makes ptxas add an empty HGMMA to carry it, and the wait below would then
+                # also wait for this k-tile's WGMMAs
+                if narrow:
+                    for j in cutlass.range_constexpr(BLOCKS):
+                        self.issue_block(True, mma_wide, mma_narrow, acc[j], acc_n[j], rA[half][j], tCrB, tCrB_n,
+                                         read.index)
+                    cute.nvgpu.warpgroup.commit_group()
+                else:
+                    for j in cutlass.range_constexpr(BLOCKS):
+                        self.issue_block(False, mma_wide, mma_narrow, acc[j], acc_n[j], rA[half][j], tCrB, tCrB_n,
+                                         read.index)
+                    cute.nvgpu.warpgroup.commit_group()
                 # k-tile kt-1 retires: its register set is free, its stage goes back to TMA
                 cute.nvgpu.warpgroup.wait_group(1)
                 prev, prod = release_and_refill(ab_pipe, prev, prod, kt, warp, k_tiles, tma_a, tma_b, parts)
