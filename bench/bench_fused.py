@@ -28,6 +28,7 @@ from cute_moe.kernels.quantize import quantize_mxfp8_cuda
 from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
 from cute_moe.quant.api import exclusive_offsets, quantize_mxfp8
 
+DENSE_MIN_TOKENS_PER_EXPERT = 128
 TRAIN = SHAPES  # (experts, tokens per expert, K, H)
 
 
@@ -64,9 +65,25 @@ def quack_fc1():
     return gemm_act
 
 
+def dense_weights(w):
+    """The weights as the dense path takes them: exact bf16 of their rowwise MXFP8, K-permuted."""
+    e, n, k = w.shape
+    return quantize_mxfp8_cuda(w.reshape(e * n, k), row_dequant=True)[0].view(e, n, k)
+
+
+def weight_pass_ms(w, name):
+    """Per-forward weight quantization: MXFP8 rowwise (what the swapped kernels read) vs its bf16
+    dequantization (what the dense path reads): the dense path's extra cost is the difference."""
+    w2d = w.reshape(-1, w.shape[-1])
+    return {f"{name}_pass_mx_ms": bench(lambda: quantize_mxfp8_cuda(w2d)),
+            f"{name}_pass_dense_ms": bench(lambda: quantize_mxfp8_cuda(w2d, row_dequant=True))}
+
+
 def run_shape(name, sizes, k, h, compile_times, peer):
     e = sizes.numel()
     t = int(sizes.sum())
+    # the dense (bf16 weights) variant is for many tokens per expert: training shapes only
+    dense = t >= DENSE_MIN_TOKENS_PER_EXPERT * max(1, int((sizes > 0).sum()))
     dev = "cuda"
     sizes = sizes.to(dev)
     offsets = exclusive_offsets(sizes.to(torch.int32))
@@ -108,6 +125,19 @@ def run_shape(name, sizes, k, h, compile_times, peer):
     r["fc1_speedup"] = r["torch_fc1_ms"] / r["ours_fc1_ms"]
     r["ours_fc1_tflops"] = flops / r["ours_fc1_ms"] / 1e9
     r["torch_fc1_tflops"] = flops / r["torch_fc1_ms"] / 1e9
+    if dense:
+        w1d = dense_weights(w1)
+
+        def ours_fc1_dense():
+            return mx_grouped_gemm_sm90(None, None, None, None, offsets, swiglu=True, probs=p, h_dequant=True,
+                                        h_col=True, a_dequant=xd, b_dequant=w1d)
+
+        ours_fc1_dense()
+        r["ours_fc1_dense_ms"] = bench(ours_fc1_dense)
+        r["fc1_dense_speedup"] = r["torch_fc1_ms"] / r["ours_fc1_dense_ms"]
+        r["ours_fc1_dense_tflops"] = flops / r["ours_fc1_dense_ms"] / 1e9
+        r.update(weight_pass_ms(w1, "w1"))
+        del w1d
     w1_bytes_mx = touched * 2 * h * k * (1 + 1 / 32)
     r["fc1_weight_gbps"] = w1_bytes_mx / r["ours_fc1_ms"] / 1e6
     r["torch_fc1_weight_gbps"] = touched * 2 * h * k * 2 / r["torch_fc1_ms"] / 1e6
@@ -147,6 +177,18 @@ def run_shape(name, sizes, k, h, compile_times, peer):
     r["fc2_speedup"] = r["torch_fc2_ms"] / r["ours_fc2_ms"]
     r["ours_fc2_tflops"] = 2 * t * h * k / r["ours_fc2_ms"] / 1e9
     r["fc2_weight_gbps"] = touched * k * h * (1 + 1 / 32) / r["ours_fc2_ms"] / 1e6
+    if dense:
+        w2d = dense_weights(w2)
+
+        def ours_fc2_dense():
+            return mx_grouped_gemm_sm90(None, None, None, None, offsets, a_dequant=hd, b_dequant=w2d)
+
+        ours_fc2_dense()
+        r["ours_fc2_dense_ms"] = bench(ours_fc2_dense)
+        r["fc2_dense_speedup"] = r["torch_fc2_ms"] / r["ours_fc2_dense_ms"]
+        r["ours_fc2_dense_tflops"] = 2 * t * h * k / r["ours_fc2_dense_ms"] / 1e9
+        r.update(weight_pass_ms(w2, "w2"))
+        del w2d
     del w2, w2t, w2q, w2s, hb, hq, hd
     torch.cuda.empty_cache()
     return r

@@ -151,14 +151,21 @@ class _CudaOps:
 
 class _FusedSm90Ops(_CudaOps):
     """``_CudaOps`` with the SM90 fused forward: FC1 + SwiGLU + MXFP8 ``h`` in one CuTe DSL kernel,
-    FC2 in another; the numerics are the unfused path's. Weights reach the GEMMs as MXFP8 and are
-    dequantized in registers. Token operands (``x``, ``h``) are quantized to MXFP8 and handed over as
+    FC2 in another; the numerics are the unfused path's. Weights reach the GEMMs either as MXFP8,
+    dequantized in registers (few tokens per expert: the weight stream is the cost, and e4m3 halves
+    it), or, from DENSE_MIN_TOKENS_PER_EXPERT tokens per expert on average, as their exact bf16
+    dequantization written by the weight quantize pass (``row_dequant``): the GEMM then converts
+    nothing, which beats the in-register conversion once each weight tile serves several token
+    tiles (bench/RESULTS.md, session 7). Token operands (``x``, ``h``) are quantized to MXFP8 and handed over as
     their exact bf16 dequantization, written by the quantize pass itself (x: the quantize kernel;
     h: FC1's epilogue) in the K order the GEMM reads: they skip the in-kernel dequantization, which
     is most of the mainloop's work (bench/RESULTS.md). The columnwise MXFP8 copies for the weight
     gradients come from the same passes. Backward is ``_CudaOps``'."""
 
     fused_forward = True
+    # measured crossover (H100, bench_fused): 256 tokens per expert (qwen3) runs faster swapped,
+    # 1024 (dsv3) and 4096 (mixtral) dense, weight pass included
+    DENSE_MIN_TOKENS_PER_EXPERT = 512
 
     def __init__(self):
         super().__init__(mx=True)
@@ -169,6 +176,16 @@ class _FusedSm90Ops(_CudaOps):
         row = self._weight_row_mx(w)
         return row.data.view(e, n, k), row.scale.view(e, n, k // 32)
 
+    def _weights(self, w, tokens):
+        """kwargs for the GEMM's weight operand: MXFP8 (b_q, b_s), or b_dequant when dense."""
+        e, n, k = w.shape
+        if tokens >= self.DENSE_MIN_TOKENS_PER_EXPERT * e:
+            row, _ = quantize_checked(w.to(torch.bfloat16).reshape(e * n, k).contiguous(), True, False, None, None,
+                                      row_dequant=True)
+            return dict(b_q=None, b_s=None, b_dequant=row.view(e, n, k))
+        wq, ws = self._weight_mx(w)
+        return dict(b_q=wq, b_s=ws)
+
     def quant_fc1_input(self, x, sizes, want_col):
         """(dequantized Q_row(x), K-permuted bf16; MXFP8 columnwise x or None) in one pass: ``quant``
         with the rowwise output as FC1's ``a_dequant``."""
@@ -178,16 +195,14 @@ class _FusedSm90Ops(_CudaOps):
 
     def fc1_swiglu(self, x_deq, w1, probs, sizes, want_h_col):
         """(bf16 z, dequantized Q_row(h) K-permuted for FC2, MXFP8 columnwise h or None)."""
-        wq, ws = self._weight_mx(w1)
         p = None if probs is None else probs.to(torch.float32).contiguous()
-        out = mx_grouped_gemm_sm90(None, None, wq, ws, sizes[1], swiglu=True, probs=p, h_dequant=True,
-                                   h_col=want_h_col, a_dequant=x_deq)
+        out = mx_grouped_gemm_sm90(None, None, offsets=sizes[1], swiglu=True, probs=p, h_dequant=True,
+                                   h_col=want_h_col, a_dequant=x_deq, **self._weights(w1, x_deq.shape[0]))
         h_col = MXFP8Tensor(out["h_col"][0], 0, scale=out["h_col"][1], split_sizes=sizes[0]) if want_h_col else None
         return out["z"], out["h_dequant"], h_col
 
     def fc2(self, h_deq, w2, sizes):
-        wq, ws = self._weight_mx(w2)
-        return mx_grouped_gemm_sm90(None, None, wq, ws, sizes[1], a_dequant=h_deq)
+        return mx_grouped_gemm_sm90(None, None, offsets=sizes[1], a_dequant=h_deq, **self._weights(w2, h_deq.shape[0]))
 
 
 def _ops_for(decision: dispatch.Decision, act_dtype: torch.dtype):

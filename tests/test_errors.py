@@ -93,6 +93,17 @@ def test_mx_grouped_gemm_argument_errors():
     with pytest.raises(ValueError, match="multiple of 128"):
         b3_q, b3_s = torch.zeros(e, n, k3, dtype=f8), torch.zeros(e, n, k3 // 32, dtype=torch.uint8)
         mx_grouped_gemm_sm90(None, None, b3_q, b3_s, offsets, a_dequant=torch.zeros(t, k3, dtype=torch.bfloat16))
+    b_deq = torch.zeros(e, n, k, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="b_dequant needs a_dequant"):
+        mx_grouped_gemm_sm90(a_q, a_s, None, None, offsets, b_dequant=b_deq)
+    with pytest.raises(ValueError, match="not both"):
+        mx_grouped_gemm_sm90(None, None, b_q, b_s, offsets, a_dequant=a_deq, b_dequant=b_deq)
+    with pytest.raises(ValueError, match="b_dequant must be"):
+        mx_grouped_gemm_sm90(None, None, None, None, offsets, a_dequant=a_deq, b_dequant=b_deq.float())
+    with pytest.raises(ValueError, match=r"\[E, N, K\]"):
+        mx_grouped_gemm_sm90(None, None, None, None, offsets, a_dequant=a_deq, b_dequant=b_deq[:, :, :128])
+    with pytest.raises(ValueError, match="required unless b_dequant"):
+        mx_grouped_gemm_sm90(None, None, b_q, None, offsets, a_dequant=a_deq)
     with pytest.raises(ValueError, match="not both"):
         mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, swiglu=True, h_row=True, h_dequant=True)
     with pytest.raises(ValueError, match="swiglu"):

@@ -79,15 +79,23 @@ def _sm90_mx_grouped_gemm_configs():
         (1536, 2048, (True, False, True, True, True, True)),
         (7168, 2048, (False,) * 6 + (True,)),
         (4096, 7168, (True, True, False, False, True, False, True, True)),
+        # dense: weights as bf16 too (many tokens per expert), FC2 and FC1 as the fused forward runs them
+        (7168, 2048, (False,) * 6 + (True, False, True)),
+        (4096, 7168, (True, True, False, False, True, False, True, True, True)),
     ]
+
+    def must_for(flags):
+        if len(flags) > 8 and flags[8]:  # dense: no operand conversion, one 64x256 WGMMA shape
+            return ("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16", "cp.async.bulk.tensor", "stmatrix")
+        # bf16 tokens come by TMA alone: no generic-proxy smem writes to fence in the mainloop
+        return tuple(m for m in must if len(flags) == 6 or m != "fence.proxy.async")
+
     return [
         KernelConfig(
             name=f"mx_grouped_gemm_sm90-{n}-{k}" + "".join(f"-{int(f)}" for f in flags),
             compile=lambda arch, n=n, k=k, flags=flags: compiled_mx_grouped_gemm_kernel(n, k, flags, arch, keep_ptx=True),
             archs=("sm_90a",),
-            # bf16 tokens come by TMA alone: no generic-proxy smem writes to fence in the mainloop
-            ptx_must_contain=tuple(m for m in must if len(flags) == 6 or m != "fence.proxy.async")
-            + (fc1 if flags[0] else ()),
+            ptx_must_contain=must_for(flags) + (fc1 if flags[0] else ()),
             # IEEE arithmetic everywhere; the one .ftz is libdevice's expf (ex2.approx.ftz after its
             # range reduction), the same expf torch's silu runs
             ptx_must_not_contain=("mul.rn.ftz", "fma.rn.ftz", "add.rn.ftz", "div.approx", "div.full", "cvt.rn.ftz"),

@@ -57,6 +57,22 @@ def test_mxfp8_fused_sm90_vs_oracle(e, t_mean, k, h, probs):
             assert rel_err(a, b) < 2e-2, name
 
 
+@pytest.mark.skipif(not SM90, reason="the fused forward kernels are SM90")
+def test_fused_sm90_dense_and_swapped_weights_agree(monkeypatch):
+    """Both weight forms of the fused forward (bf16 dequantized weights, dense mainloop; MXFP8 weights
+    dequantized in registers) give the same bytes, forward and backward."""
+    from cute_moe.functional import _FusedSm90Ops
+
+    sizes, x, w1, w2, p, dy = mlp_problem(5, 120, 512, 256, device="cuda", seed=3, probs=True)
+    runs = []
+    for threshold in (0, 10**9):
+        monkeypatch.setattr(_FusedSm90Ops, "DENSE_MIN_TOKENS_PER_EXPERT", threshold)
+        with autocast():
+            runs.append(run_mlp(grouped_mlp, x, w1, w2, sizes, p, dy))
+    for name, a, b in zip(NAMES, *runs):
+        assert torch.equal(a, b), name
+
+
 def test_bf16_path_vs_plain_oracle():
     sizes, x, w1, w2, p, dy = mlp_problem(5, 50, 256, 256, device="cuda")
     assert last_decision(x, w1, w2).path == dispatch.BF16

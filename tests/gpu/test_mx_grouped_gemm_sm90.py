@@ -192,6 +192,40 @@ def test_dequantized_tokens_bit_identical(swiglu):
             assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
 
 
+def _dense_weights(bq, bs):
+    e, n, k = bq.shape
+    return dequantize_rowwise_kperm(bq.view(e * n, k), bs.view(e * n, k // 32)).view(e, n, k)
+
+
+@pytest.mark.parametrize("swiglu", [False, True])
+@pytest.mark.parametrize("k", [320, 512])
+def test_dense_weights_bit_identical(swiglu, k):
+    """b_dequant (weights as exact bf16 too: a plain bf16 mainloop, tokens x features) gives the
+    swapped MXFP8 path's bytes: z / y, bf16 h, MXFP8 h both ways (swizzled scales), h_dequant;
+    over empty, 1-token, partial and multi-tile experts, and an odd number of k-tiles (K = 320)."""
+    sizes = [0, 1, 33, 300, 5, 0, 77, 128, 129]
+    (aq, as_, a_dq), (bq, bs, b_dq), offsets = _problem(sizes, 512, k, seed=12, spread=6)
+    kw = {}
+    if swiglu:
+        kw = dict(swiglu=True, probs=torch.rand(sum(sizes), device="cuda"), h_bf16=True, h_col=True, swizzled=True)
+    ref = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, h_row=swiglu, **kw)
+    ref_dq = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, h_dequant=True, **kw) if swiglu else None
+    ad, bd = dequantize_rowwise_kperm(aq, as_), _dense_weights(bq, bs)
+    got = mx_grouped_gemm_sm90(None, None, None, None, offsets, a_dequant=ad, b_dequant=bd, h_row=swiglu,
+                               _poison=True, **kw)
+    if not swiglu:
+        _check_gemm(got, a_dq, b_dq, sizes, offsets)
+        assert torch.equal(got.view(torch.uint8), ref.view(torch.uint8))
+        return
+    got_dq = mx_grouped_gemm_sm90(None, None, None, None, offsets, a_dequant=ad, b_dequant=bd, h_dequant=True,
+                                  _poison=True, **kw)
+    assert torch.equal(got_dq["h_dequant"], ref_dq["h_dequant"])
+    for name in ("z", "h", "h_row", "h_col"):
+        for rt, gt in zip(ref[name] if isinstance(ref[name], tuple) else (ref[name],),
+                          got[name] if isinstance(got[name], tuple) else (got[name],)):
+            assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
+
+
 def test_kperm_rowwise_order():
     x = torch.arange(128, device="cuda").view(1, 128)
     p = kperm_rowwise(x)[0].tolist()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import cuda.bindings.driver as cuda
 import cutlass
 import cutlass.cute as cute
-import cutlass.pipeline as pipeline
 import cutlass.utils.hopper_helpers as sm90_utils
 import torch
 from cutlass import BFloat16, Int32, Int64
@@ -34,8 +33,8 @@ from cutlass import BFloat16, Int32, Int64
 from ...quant.layout import grouped_tiles
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS
 from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
-from .parts import (grouped_tma_atoms, make_tiled_mma_bf16, mma_partitions, placed_cta, release_and_refill,
-                    stage_acc_bf16, start_ab_pipeline)
+from .parts import (grouped_tma_atoms, make_tiled_mma_bf16, mma_partitions, placed_cta, stage_acc_bf16,
+                    start_ab_pipeline, wgmma_ss_mainloop)
 
 TILE_M = TILE_TOKENS  # the grouped placement's tile: one CTA, two warpgroups of 64 rows
 TILE_N = 128
@@ -107,24 +106,8 @@ class GroupedGemmSm90Kernel:
                                                      warp, THREADS // 32)
             wg, tCrA, tCrB, acc, k_blocks = mma_partitions(tiled_mma, sA, sB, tidx, (TILE_M, TILE_N))
 
-            read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
-            release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
-            # zeroed accumulators + ACCUMULATE always on: no first-k-block special case in the loop
-            acc.fill(0.0)
-            tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
-            for kt in cutlass.range(k_tiles, unroll=1):
-                ab_pipe.consumer_wait(read)
-                cute.nvgpu.warpgroup.fence()
-                for kb in cutlass.range(k_blocks, unroll_full=True):
-                    coord = (None, None, kb, read.index)
-                    cute.gemm(tiled_mma, acc, tCrA[coord], tCrB[coord], acc)
-                cute.nvgpu.warpgroup.commit_group()
-                # one k-tile of WGMMAs stays in flight; the one before it is done with its stage
-                cute.nvgpu.warpgroup.wait_group(1)
-                release, prod = release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles, tma_a, tma_b,
-                                                   parts)
-                read.advance()
-            cute.nvgpu.warpgroup.wait_group(0)
+            wgmma_ss_mainloop(tiled_mma, acc, tCrA, tCrB, k_blocks, ab_pipe, prod, self.stages, k_tiles, warp, tma_a,
+                              tma_b, parts)
 
             # ---- epilogue: every warpgroup is past its last WGMMA and every TMA write has
             # landed (all were waited on), so the A ring can hold the bf16 tile

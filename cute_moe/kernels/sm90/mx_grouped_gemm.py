@@ -60,8 +60,8 @@ from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_COLS as H_TILE_COLS
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise
 from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
-from .parts import (grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16, placed_cta, release_and_refill,
-                    stage_acc_bf16, start_ab_pipeline)
+from .parts import (grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16, mma_partitions, placed_cta,
+                    release_and_refill, stage_acc_bf16, start_ab_pipeline, wgmma_ss_mainloop)
 
 TILE_M = TILE_TOKENS  # tokens of the output tile (WGMMA's N side)
 TILE_N = 256  # features (WGMMA's M side); FC1: 4 gate/up pairs -> the 128 h columns of one quantize tile
@@ -76,6 +76,8 @@ NARROW = 32  # tiles with at most this many tokens use 64 x NARROW WGMMAs
 GLU = 32
 OUT_ROW_BYTES = TILE_N * 2 + 16  # staged bf16 output rows; +16 spreads stmatrix rows over banks
 CHUNK = 16  # bytes of e4m3 per conversion chunk
+DENSE_STAGES = 4  # weights_bf16: 4 x 48 KB of bf16 tokens + weights
+H_STAGE_DENSE = 68 * 1024  # weights_bf16: the h tile sits after the 66 KB out tile in the weight ring
 
 
 class MXGroupedGemmSm90Kernel:
@@ -87,7 +89,7 @@ class MXGroupedGemmSm90Kernel:
 
     def __init__(self, n: int, k: int, swiglu: bool = False, with_probs: bool = False, h_bf16: bool = False,
                  h_row: bool = False, h_col: bool = False, swizzled: bool = False, tokens_bf16: bool = False,
-                 h_dequant: bool = False):
+                 h_dequant: bool = False, weights_bf16: bool = False):
         if k <= 0 or k % TILE_K:
             raise ValueError(f"K must be a positive multiple of {TILE_K}, got {k}")
         if n <= 0 or n % TILE_N:
@@ -102,11 +104,17 @@ class MXGroupedGemmSm90Kernel:
         self.hidden = n // 2
         self.k_tiles = k // TILE_K
         self.tile_mnk = (TILE_M, TILE_N, TILE_K)
-        if tokens_bf16 and k % (2 * TILE_K):
+        if weights_bf16 and not tokens_bf16:
+            raise ValueError("weights_bf16 needs tokens_bf16: both operands then come as bf16")
+        if tokens_bf16 and not weights_bf16 and k % (2 * TILE_K):
             raise ValueError(f"bf16 tokens need K % {2 * TILE_K} == 0 (k-tiles alternate register sets), got {k}")
         # tokens_bf16: ``a`` is already dequantized bf16, K-permuted into the A-fragment order;
         # h_dequant: the rowwise pass writes h's MXFP8 values dequantized that way (FC2's tokens)
         self.tokens_bf16, self.h_dequant = tokens_bf16, h_dequant
+        # weights_bf16 ("dense"): the weights too come as their exact bf16 dequantization
+        # (K-permuted like the tokens), and the tile runs non-swapped: tokens are WGMMA's M (64 per
+        # warpgroup), features its N (256), both operands from shared memory, no conversion at all
+        self.weights_bf16 = weights_bf16
 
     @cute.jit
     def __call__(self, a: cute.Pointer, a_scale: cute.Pointer, b: cute.Pointer, b_scale: cute.Pointer,
@@ -114,6 +122,10 @@ class MXGroupedGemmSm90Kernel:
                  hq_row: cute.Pointer, hs_row: cute.Pointer, hq_col: cute.Pointer, hs_col: cute.Pointer,
                  tokens: Int32, num_experts: Int32, num_tiles: Int32, stream: cuda.CUstream):
         N, K = self.n, self.k
+        if cutlass.const_expr(self.weights_bf16):
+            self.launch_dense(a, a_scale, b, b_scale, offsets, out, probs, h, hq_row, hs_row, hq_col, hs_col,
+                              tokens, num_experts, num_tiles, stream)
+            return
         if cutlass.const_expr(self.tokens_bf16):
             a8_smem = sm90_utils.make_smem_layout_b(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR,
                                                     (64, TILE_M, TILE_K), BFloat16, STAGES)
@@ -146,12 +158,36 @@ class MXGroupedGemmSm90Kernel:
                     t16_smem).launch(grid=[N // TILE_N, num_tiles, 1], block=[THREADS, 1, 1],
                                                  stream=stream)
 
+    @cute.jit
+    def launch_dense(self, a, a_scale, b, b_scale, offsets, out, probs, h, hq_row, hs_row, hq_col, hs_col, tokens,
+                     num_experts, num_tiles, stream):
+        """weights_bf16: both operands bf16, 128-byte-swizzled K-major stages (tokens = A, weights = B)."""
+        row_major = cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
+        a_smem = sm90_utils.make_smem_layout_a(row_major, self.tile_mnk, BFloat16, DENSE_STAGES)
+        b_smem = sm90_utils.make_smem_layout_b(row_major, self.tile_mnk, BFloat16, DENSE_STAGES)
+        mma = make_tiled_mma_bf16(WARPGROUPS, TILE_N)
+        tma_a, tma_mA, tma_b, tma_mB = grouped_tma_atoms(
+            a, b, tokens, num_experts, self.n, self.k, cute.slice_(a_smem, (None, None, 0)),
+            cute.slice_(b_smem, (None, None, 0)), self.tile_mnk)
+
+        @cute.struct
+        class SharedStorage:
+            bars: cute.struct.MemRange[cutlass.Int64, DENSE_STAGES * 2]
+            sA8: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(a_smem)], 1024]
+            sB8: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b_smem)], 1024]
+            sT16: cute.struct.Align[cute.struct.MemRange[BFloat16, 1024], 1024]
+
+        self.shared_storage = SharedStorage
+        self.kernel(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, offsets, out, probs, h, hq_row, hs_row,
+                    hq_col, hs_col, tokens, num_experts, num_tiles, mma, mma, a_smem, b_smem,
+                    b_smem).launch(grid=[self.n // TILE_N, num_tiles, 1], block=[THREADS, 1, 1], stream=stream)
+
     @cute.kernel
     def kernel(self, tma_a: cute.CopyAtom, tma_mA: cute.Tensor, tma_b: cute.CopyAtom, tma_mB: cute.Tensor,
                a_scale: cute.Pointer, b_scale: cute.Pointer, offsets: cute.Pointer, out: cute.Pointer,
                probs: cute.Pointer, h: cute.Pointer, hq_row: cute.Pointer, hs_row: cute.Pointer,
                hq_col: cute.Pointer, hs_col: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32,
-               mma_wide: cute.TiledMma, mma_narrow: cute.TiledMma, a8_smem, b8_smem: cute.Layout,
+               mma_wide: cute.TiledMma, mma_narrow: cute.TiledMma, a8_smem, b8_smem,
                t16_smem: cute.ComposedLayout):
         # ---- which expert and rows this placed tile holds (rows 0: gap tile / empty expert)
         tidx, warp, n_tile, tile, e, row0, rows, storage = placed_cta(offsets, num_experts, self.shared_storage)
@@ -161,10 +197,18 @@ class MXGroupedGemmSm90Kernel:
         h_stage = storage.sT16.data_ptr().toint()
         if cutlass.const_expr(self.tokens_bf16):
             h_stage = storage.sB8.data_ptr().toint()
+        if cutlass.const_expr(self.weights_bf16):
+            # (the token ring is smaller than the out tile)
+            out_stage = storage.sB8.data_ptr().toint()
+            h_stage = out_stage + H_STAGE_DENSE
         if rows > 0:
-            mainloop = self.mainloop_bf16_tokens if self.tokens_bf16 else self.mainloop_and_store
-            mainloop(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows, n_tile, tidx, warp,
-                     storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem)
+            if cutlass.const_expr(self.weights_bf16):
+                self.mainloop_dense(tma_a, tma_mA, tma_b, tma_mB, out, out_stage, e, row0, rows, n_tile, tidx, warp,
+                                    storage, mma_wide, a8_smem, b8_smem)
+            else:
+                mainloop = self.mainloop_bf16_tokens if self.tokens_bf16 else self.mainloop_and_store
+                mainloop(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows, n_tile, tidx,
+                         warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem)
             if cutlass.const_expr(self.swiglu):
                 self.swiglu_epilogue(probs, h, out_stage, h_stage, row0, rows, n_tile, tidx)
         if cutlass.const_expr(self.swiglu and (self.h_row or self.h_col or self.h_dequant)):
@@ -367,6 +411,27 @@ class MXGroupedGemmSm90Kernel:
         self.store_acc_bf16(acc, mma_wide, storage, out, row0, rows, n_tile, tidx)
 
     @cute.jit
+    def mainloop_dense(self, tma_a, tma_mA, tma_b, tma_mB, out, out_stage, e, row0, rows, n_tile, tidx, warp, storage,
+                       tiled_mma, a_smem, b_smem):
+        """weights_bf16: a plain bf16 x bf16 mainloop (tokens x features, both from the TMA ring);
+        the accumulators are then staged token-major, like the swapped path's transposed staging."""
+        sA = cute.make_tensor(cute.recast_ptr(storage.sA8.data_ptr(), a_smem.inner, dtype=BFloat16), a_smem.outer)
+        sB = cute.make_tensor(cute.recast_ptr(storage.sB8.data_ptr(), b_smem.inner, dtype=BFloat16), b_smem.outer)
+        ab_pipe, prod, parts = start_ab_pipeline(tma_a, tma_mA, sA, tma_b, tma_mB, sB, storage.bars.data_ptr(),
+                                                 DENSE_STAGES, (TILE_M + TILE_N) * TILE_K * 2, self.k_tiles, row0, e,
+                                                 n_tile, self.tile_mnk, warp, THREADS // 32)
+        _, tCrA, tCrB, acc, k_blocks = mma_partitions(tiled_mma, sA, sB, tidx, (TILE_M, TILE_N))
+        wgmma_ss_mainloop(tiled_mma, acc, tCrA, tCrB, k_blocks, ab_pipe, prod, DENSE_STAGES, self.k_tiles, warp,
+                          tma_a, tma_b, parts)
+        # every warp is past its last WGMMA and every TMA write has landed: the ring is free
+        cute.arch.sync_threads()
+        s_out = cute.make_tensor(cute.make_ptr(BFloat16, out_stage, cute.AddressSpace.smem, assumed_align=16),
+                                 cute.make_layout((TILE_M, TILE_N), stride=(OUT_ROW_BYTES // 2, 1)))
+        stage_acc_bf16(acc, tiled_mma, s_out, tidx)
+        cute.arch.sync_threads()
+        self.store_staged(out, out_stage, row0, rows, n_tile, tidx)
+
+    @cute.jit
     def convert_tokens(self, src: Int32, dst: Int32, r0: Int32, kc: Int32, codes: list, rows: Int32):
         """e4m3 token rows (64 bytes per stage row) -> bf16 B operand rows (128 bytes, 128-byte
         swizzle: 16-byte chunk c of row r at ``c ^ (r % 8)``), in the weights' A-fragment k order:
@@ -395,6 +460,11 @@ class MXGroupedGemmSm90Kernel:
             s_out = cute.make_tensor(col0, cute.make_layout((64, TILE_M), stride=(1, OUT_ROW_BYTES // 2)))
             stage_acc_bf16(acc[j], tiled_mma, s_out, tidx % 128, transposed=True)
         cute.arch.sync_threads()
+        self.store_staged(out, stage_i, row0, rows, n_tile, tidx)
+
+    @cute.jit
+    def store_staged(self, out, stage_i, row0, rows, n_tile, tidx):
+        """The staged [token][feature] bf16 tile -> the expert's rows of ``out`` (16-byte stores)."""
         per_row = TILE_N * 2 // 16  # 16-byte chunks per row
         ch = tidx % per_row
         base = out.toint() + (Int64(row0) * self.n + n_tile * TILE_N + ch * 8) * 2
@@ -444,21 +514,22 @@ class MXGroupedGemmSm90Kernel:
 
 # --- host side --------------------------------------------------------------------------------
 
-def _placeholder_args(tokens_bf16=False, h_dequant=False):
+def _placeholder_args(tokens_bf16=False, h_dequant=False, weights_bf16=False):
     u8 = Uint8
     # a, a_scale, b, b_scale, offsets, out, probs, h, hq_row, hs_row, hq_col, hs_col, T, E, tiles, stream
-    return (gmem_ptr(BFloat16 if tokens_bf16 else u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(Int32),
+    return (gmem_ptr(BFloat16 if tokens_bf16 else u8), gmem_ptr(u8), gmem_ptr(BFloat16 if weights_bf16 else u8),
+            gmem_ptr(u8), gmem_ptr(Int32),
             gmem_ptr(BFloat16), gmem_ptr(Float32), gmem_ptr(BFloat16), gmem_ptr(BFloat16 if h_dequant else u8),
             gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8),
             Int32(1), Int32(1), Int32(1), stream_arg())
 
 
 def compiled_mx_grouped_gemm_kernel(n, k, flags=(False,) * 6, arch=None, keep_ptx=False):
-    """``flags`` = (swiglu, with_probs, h_bf16, h_row, h_col, swizzled, tokens_bf16, h_dequant); missing
-    trailing flags are False."""
-    flags = tuple(bool(f) for f in flags) + (False,) * (8 - len(flags))
+    """``flags`` = (swiglu, with_probs, h_bf16, h_row, h_col, swizzled, tokens_bf16, h_dequant,
+    weights_bf16); missing trailing flags are False."""
+    flags = tuple(bool(f) for f in flags) + (False,) * (9 - len(flags))
     return compile_kernel(("mx_grouped_gemm_sm90", n, k, flags), lambda: MXGroupedGemmSm90Kernel(n, k, *flags),
-                          _placeholder_args(flags[6], flags[7]), arch or target_arch(), keep_ptx)
+                          _placeholder_args(flags[6], flags[7], flags[8]), arch or target_arch(), keep_ptx)
 
 
 def _check_mx_operand(q, s, shape, name):
@@ -488,7 +559,7 @@ def dequantize_rowwise_kperm(a_q: torch.Tensor, a_s: torch.Tensor) -> torch.Tens
 
 
 def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=None, h_bf16=False, h_row=False,
-                         h_col=False, swizzled=False, h_dequant=False, a_dequant=None, _poison=None):
+                         h_col=False, swizzled=False, h_dequant=False, a_dequant=None, b_dequant=None, _poison=None):
     """Launch the SM90 MXFP8 grouped GEMM on rowwise MXFP8 operands (plain scales).
 
     a_q e4m3 [T, K] with a_s uint8 [T, K/32]; b_q e4m3 [E, N, K] with b_s [E, N, K/32]; offsets
@@ -496,6 +567,10 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     ``a_dequant``: instead of ``a_q`` / ``a_s`` (pass None for them), a's exact bf16 values
     [T, K] (K a multiple of 128), K-permuted by :func:`kperm_rowwise`: the tokens then skip the in-kernel dequantization
     (TMA straight into WGMMA's layout); outputs are bit-identical to the MXFP8 ``a`` path.
+    ``b_dequant`` (with ``a_dequant``; pass None for ``b_q`` / ``b_s``): the weights' exact bf16
+    values [E, N, K], K-permuted the same way (the quantize kernel's ``row_dequant`` of b): the kernel
+    then converts nothing (a bf16 x bf16 mainloop, tokens x features); outputs are bit-identical
+    again. It reads twice the weight bytes: for many tokens per expert (training), not for decode.
     Returns ``out`` bf16 [T, N] (FC2: y) when ``swiglu`` is False; else a dict with ``z`` [T, N] and,
     as asked, ``h`` bf16 [T, N/2], ``h_row`` / ``h_col`` as (data, scales) of the MXFP8 ``h``
     (columnwise blocks per expert; plain or swizzled scales), ``h_dequant`` bf16 [T, N/2]: the rowwise
@@ -516,18 +591,32 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         if a_q is None or a_s is None:
             raise ValueError("a_q and a_s are required unless a_dequant is given")
         a_shape = a_q.shape
-    if len(a_shape) != 2 or b_q.dim() != 3:
-        raise ValueError(f"a must be [T, K] and b [E, N, K], got {tuple(a_shape)} and {tuple(b_q.shape)}")
+    if b_dequant is not None:
+        if a_dequant is None:
+            raise ValueError("b_dequant needs a_dequant (both operands bf16)")
+        if b_q is not None or b_s is not None:
+            raise ValueError("give either b_q / b_s (MXFP8) or b_dequant (bf16), not both")
+        if b_dequant.dtype != torch.bfloat16 or b_dequant.dim() != 3 or not b_dequant.is_contiguous():
+            raise ValueError(f"b_dequant must be a contiguous bf16 [E, N, K] tensor, got {b_dequant.dtype} "
+                             f"{tuple(b_dequant.shape)}")
+        b_shape = b_dequant.shape
+    else:
+        if b_q is None or b_s is None:
+            raise ValueError("b_q and b_s are required unless b_dequant is given")
+        b_shape = b_q.shape
+    if len(a_shape) != 2 or len(b_shape) != 3 or b_shape[2] != a_shape[1]:
+        raise ValueError(f"a must be [T, K] and b [E, N, K], got {tuple(a_shape)} and {tuple(b_shape)}")
     tokens, k = a_shape
-    num_experts, n, _ = b_q.shape
+    num_experts, n, _ = b_shape
     if a_dequant is None:
         _check_mx_operand(a_q, a_s, (tokens, k), "a")
-    _check_mx_operand(b_q, b_s, (num_experts, n, k), "b")
+    if b_dequant is None:
+        _check_mx_operand(b_q, b_s, (num_experts, n, k), "b")
     if offsets.shape[0] != num_experts + 1:
         raise ValueError(f"offsets must have E+1 = {num_experts + 1} entries, got {offsets.shape[0]}")
     if k % TILE_K or n % TILE_N:
         raise ValueError(f"K must be a multiple of {TILE_K} and N of {TILE_N}, got K={k}, N={n}")
-    if a_dequant is not None and k % (2 * TILE_K):
+    if b_dequant is None and a_dequant is not None and k % (2 * TILE_K):
         raise ValueError(f"a_dequant needs K to be a multiple of {2 * TILE_K}, got K={k}")
     if num_experts > MAX_EXPERTS:
         raise ValueError(f"at most {MAX_EXPERTS} experts, got {num_experts}")
@@ -537,7 +626,7 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         raise ValueError("probs and h outputs need swiglu=True")
     if h_row and h_dequant:
         raise ValueError("ask for h_row (MXFP8) or h_dequant (its bf16 dequantization), not both")
-    dev = b_q.device
+    dev = (b_q if b_dequant is None else b_dequant).device
     tiles = grouped_tiles(tokens, num_experts)
     hidden = n // 2
 
@@ -559,11 +648,13 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     if tokens > 0 and tiles > 0:
         if tiles > 65535:  # placed tiles run along grid y
             raise ValueError(f"{tokens} tokens over {num_experts} experts need {tiles} M tiles, more than 65535")
-        flags = (swiglu, probs is not None, h_bf16, h_row, h_col, swizzled, a_dequant is not None, h_dequant)
+        flags = (swiglu, probs is not None, h_bf16, h_row, h_col, swizzled, a_dequant is not None, h_dequant,
+                 b_dequant is not None)
         kern = compiled_mx_grouped_gemm_kernel(n, k, flags, target_arch(dev))
         u8 = Uint8
         a_ptr = gmem_ptr(u8, a_q) if a_dequant is None else gmem_ptr(BFloat16, a_dequant)
-        kern(a_ptr, gmem_ptr(u8, a_s), gmem_ptr(u8, b_q), gmem_ptr(u8, b_s), gmem_ptr(Int32, offsets),
+        b_ptr = gmem_ptr(u8, b_q) if b_dequant is None else gmem_ptr(BFloat16, b_dequant)  # b_s: None -> null
+        kern(a_ptr, gmem_ptr(u8, a_s), b_ptr, gmem_ptr(u8, b_s), gmem_ptr(Int32, offsets),
              gmem_ptr(BFloat16, out), gmem_ptr(Float32, probs), gmem_ptr(BFloat16, h),
              gmem_ptr(BFloat16 if h_dequant else u8, hq_row),
              gmem_ptr(u8, hs_row), gmem_ptr(u8, hq_col), gmem_ptr(u8, hs_col), Int32(tokens), Int32(num_experts),

@@ -38,13 +38,33 @@ def make_ab_pipeline(barriers, stages: int, tx_bytes, consumer_warps: int):
     )
 
 
+RASTER_BAND = 8  # N tiles per band of the launch order (see banded_tile)
+
+
+@cute.jit
+def banded_tile():
+    """(N tile, placed tile) of this CTA for the launch grid (N tiles, placed tiles): CTAs run in
+    bands of RASTER_BAND N tiles, N tile fastest, sweeping all placed tiles within a band. CTAs in
+    flight together then share a few weight tiles and a few token tiles in L2; in plain grid order
+    (N tile fastest over all of N) a wave streams an expert's whole weight matrix for one or two
+    token tiles, and large experts (mixtral's 28672 x 4096) re-read their weights from HBM for every
+    token tile."""
+    bx, by, _ = cute.arch.block_idx()
+    n_tiles, tiles, _ = cute.arch.grid_dim()
+    linear = by * n_tiles + bx
+    band = linear // (RASTER_BAND * tiles)
+    width = cutlass.min(n_tiles - band * RASTER_BAND, RASTER_BAND)
+    idx = linear - band * (RASTER_BAND * tiles)
+    return band * RASTER_BAND + idx % width, idx // width
+
+
 @cute.jit
 def placed_cta(offsets, num_experts, shared_storage):
     """The CTA's start, common to the grouped GEMMs: thread index, warp, N tile, the placed tile
     (REFERENCE §2) with its expert, first token and valid rows (0: gap tile / empty expert), and
     the shared storage. Returns (tidx, warp, n_tile, tile, e, row0, rows, storage)."""
     tidx, _, _ = cute.arch.thread_idx()
-    n_tile, tile, _ = cute.arch.block_idx()
+    n_tile, tile = banded_tile()
     warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
     e, row0, rows = placed_tile(offsets, num_experts, tile, tidx % 32)
     storage = cutlass.memory.SmemAllocator().allocate(shared_storage)
@@ -109,6 +129,31 @@ def mma_partitions(tiled_mma, sA, sB, tidx, tile_mn: cutlass.Constexpr):
     tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
     acc = cute.make_rmem_tensor(thr_mma.partition_C(cute.make_identity_tensor(tile_mn)).shape, Float32)
     return wg, tCrA, tCrB, acc, cute.size(tCrA, mode=[2])
+
+
+@cute.jit
+def wgmma_ss_mainloop(tiled_mma, acc, tCrA, tCrB, k_blocks: cutlass.Constexpr, ab_pipe, prod, stages: cutlass.Constexpr,
+                      k_tiles: cutlass.Constexpr, warp, tma_a, tma_b, parts):
+    """Both operands from the staged ring (bf16, K-major): per k-tile one WGMMA group, one group
+    kept in flight, the stage of the k-tile before it released (and refilled by warp 0). ``acc`` is
+    zeroed here and holds the result when this returns (all WGMMAs retired)."""
+    read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, stages)
+    release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, stages)
+    # zeroed accumulators + ACCUMULATE always on: no first-k-block special case in the loop
+    acc.fill(0.0)
+    tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+    for kt in cutlass.range(k_tiles, unroll=1):
+        ab_pipe.consumer_wait(read)
+        cute.nvgpu.warpgroup.fence()
+        for kb in cutlass.range(k_blocks, unroll_full=True):
+            coord = (None, None, kb, read.index)
+            cute.gemm(tiled_mma, acc, tCrA[coord], tCrB[coord], acc)
+        cute.nvgpu.warpgroup.commit_group()
+        # one k-tile of WGMMAs stays in flight; the one before it is done with its stage
+        cute.nvgpu.warpgroup.wait_group(1)
+        release, prod = release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles, tma_a, tma_b, parts)
+        read.advance()
+    cute.nvgpu.warpgroup.wait_group(0)
 
 
 @cute.jit
