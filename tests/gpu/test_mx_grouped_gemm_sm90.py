@@ -198,13 +198,14 @@ def _dense_weights(bq, bs):
 
 
 @pytest.mark.parametrize("swiglu", [False, True])
-@pytest.mark.parametrize("k", [320, 512])
-def test_dense_weights_bit_identical(swiglu, k):
+@pytest.mark.parametrize("n,k", [(512, 320), (512, 512), (768, 256)])
+def test_dense_weights_bit_identical(swiglu, n, k):
     """b_dequant (weights as exact bf16 too: a plain bf16 mainloop, tokens x features) gives the
     swapped MXFP8 path's bytes: z / y, bf16 h, MXFP8 h both ways (swizzled scales), h_dequant;
-    over empty, 1-token, partial and multi-tile experts, and an odd number of k-tiles (K = 320)."""
+    over empty, 1-token, partial and multi-tile experts, an odd number of k-tiles (K = 320), and
+    an odd number of N tiles (N = 768: no 2-CTA cluster)."""
     sizes = [0, 1, 33, 300, 5, 0, 77, 128, 129]
-    (aq, as_, a_dq), (bq, bs, b_dq), offsets = _problem(sizes, 512, k, seed=12, spread=6)
+    (aq, as_, a_dq), (bq, bs, b_dq), offsets = _problem(sizes, n, k, seed=12, spread=6)
     kw = {}
     if swiglu:
         kw = dict(swiglu=True, probs=torch.rand(sum(sizes), device="cuda"), h_bf16=True, h_col=True, swizzled=True)

@@ -13,28 +13,36 @@ from ..common.placement import placed_tile
 
 
 @cute.jit
-def tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile, tile_mnk: cutlass.Constexpr):
+def tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile, tile_mnk: cutlass.Constexpr,
+                        a_multicast: cutlass.Constexpr = 1):
     """TMA views of the tile's k-slices: a from token ``row0`` (any row: TMA boxes start anywhere),
-    b[e] from column tile ``n_tile``. Returns (tAgA, tAsA, tBgB, tBsB)."""
+    b[e] from column tile ``n_tile``. ``a_multicast`` CTAs of a cluster (consecutive N tiles of the
+    same token tile) each load 1/a_multicast of the a tile for all of them. Returns (tAgA, tAsA, tBgB, tBsB)."""
     tile_m, tile_n, tile_k = tile_mnk
     gA = cute.local_tile(cute.domain_offset((row0, 0), tma_mA), (tile_m, tile_k), (0, None))
     gB = cute.local_tile(tma_mB[None, None, e], (tile_n, tile_k), (n_tile, None))
+    a_rank = 0
+    if cutlass.const_expr(a_multicast > 1):
+        a_rank = cute.arch.make_warp_uniform(cute.arch.block_idx_in_cluster())
     tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(
-        tma_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2))
+        tma_a, a_rank, cute.make_layout(a_multicast), cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2))
     tBsB, tBgB = cute.nvgpu.cpasync.tma_partition(
         tma_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2))
     return tAgA, tAsA, tBgB, tBsB
 
 
-def make_ab_pipeline(barriers, stages: int, tx_bytes, consumer_warps: int):
-    """Full barriers count the TMA bytes of a stage, empty barriers one arrive per consumer warp."""
+def make_ab_pipeline(barriers, stages: int, tx_bytes, consumer_warps: int, a_multicast: int = 1):
+    """Full barriers count the TMA bytes of a stage, empty barriers one arrive per consumer warp of
+    every CTA the stage's a tile is multicast to (a stage is refilled once all of them are done
+    with it: the refill writes into each of them)."""
     return pipeline.PipelineTmaAsync.create(
         barrier_storage=barriers,
         num_stages=stages,
         producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
-        consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, consumer_warps),
+        consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, consumer_warps * a_multicast),
         tx_count=tx_bytes,
-        cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)),
+        # (V, M, N, K): the cluster runs along N; its CTAs share M, so every consumer warp signals all of them
+        cta_layout_vmnk=cute.make_layout((1, 1, a_multicast, 1)),
     )
 
 
@@ -72,14 +80,19 @@ def placed_cta(offsets, num_experts, shared_storage):
 
 
 @cute.jit
-def load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts):
+def load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts, a_multicast: cutlass.Constexpr = 1):
     """Producer (one warp; the TMA atoms elect one thread): wait for a free stage, arm its full
-    barrier with the byte count, issue both TMA loads of k-tile ``prod.count``. ``parts``: the
-    (tAgA, tAsA, tBgB, tBsB) of :func:`tma_tile_partitions`."""
+    barrier with the byte count, issue both TMA loads of k-tile ``prod.count`` (this CTA's share of
+    a multicast to the whole cluster). ``parts``: the (tAgA, tAsA, tBgB, tBsB) of
+    :func:`tma_tile_partitions`."""
     tAgA, tAsA, tBgB, tBsB = parts
     ab_pipe.producer_acquire(prod)
     bar = ab_pipe.producer_get_barrier(prod)
-    cute.copy(tma_a, tAgA[(None, prod.count)], tAsA[(None, prod.index)], tma_bar_ptr=bar)
+    if cutlass.const_expr(a_multicast > 1):
+        cute.copy(tma_a, tAgA[(None, prod.count)], tAsA[(None, prod.index)], tma_bar_ptr=bar,
+                  mcast_mask=cutlass.Int16((1 << a_multicast) - 1))
+    else:
+        cute.copy(tma_a, tAgA[(None, prod.count)], tAsA[(None, prod.index)], tma_bar_ptr=bar)
     cute.copy(tma_b, tBgB[(None, prod.count)], tBsB[(None, prod.index)], tma_bar_ptr=bar)
     ab_pipe.producer_commit(prod)
 
@@ -87,24 +100,27 @@ def load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts):
 @cute.jit
 def start_ab_pipeline(tma_a, tma_mA, sA, tma_b, tma_mB, sB, barriers, stages: cutlass.Constexpr,
                       tx_bytes: cutlass.Constexpr, k_tiles: cutlass.Constexpr, row0, e, n_tile,
-                      tile_mnk: cutlass.Constexpr, warp, consumer_warps: cutlass.Constexpr):
-    """TMA views of the placed tile, the full/empty-barrier ring (every consumer warp releases),
-    and warp 0 filling its first stages. Returns (ab_pipe, producer state, TMA partitions)."""
+                      tile_mnk: cutlass.Constexpr, warp, consumer_warps: cutlass.Constexpr,
+                      a_multicast: cutlass.Constexpr = 1):
+    """TMA views of the placed tile, the full/empty-barrier ring (every consumer warp releases; with
+    ``a_multicast`` > 1 the ring is cluster-wide, its creation syncs the cluster), and warp 0
+    filling its first stages. Returns (ab_pipe, producer state, TMA partitions)."""
     if warp == 0:
         cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
         cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
-    parts = tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile, tile_mnk)
-    ab_pipe = make_ab_pipeline(barriers, stages, tx_bytes, consumer_warps)
+    parts = tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile, tile_mnk, a_multicast)
+    ab_pipe = make_ab_pipeline(barriers, stages, tx_bytes, consumer_warps, a_multicast)
     prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, stages)
     if warp == 0:
         for _ in cutlass.range(min(stages, k_tiles), unroll=1):
-            load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts)
+            load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts, a_multicast)
             prod.advance()
     return ab_pipe, prod, parts
 
 
 @cute.jit
-def release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles: cutlass.Constexpr, tma_a, tma_b, parts):
+def release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles: cutlass.Constexpr, tma_a, tma_b, parts,
+                       a_multicast: cutlass.Constexpr = 1):
     """After ``wait_group(1)`` in k-tile ``kt``: the WGMMAs of k-tile kt-1 have read their stage,
     which goes back to the producer. Warp 0 refills that same stage only after its own release (it
     waits for every consumer warp's release): acquiring before any release, in k-tile 0, would deadlock
@@ -114,7 +130,7 @@ def release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles: cutlass.Conste
         ab_pipe.consumer_release(release)
         release.advance()
         if warp == 0 and prod.count < k_tiles:
-            load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts)
+            load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts, a_multicast)
             prod.advance()
     return release, prod
 
@@ -133,7 +149,7 @@ def mma_partitions(tiled_mma, sA, sB, tidx, tile_mn: cutlass.Constexpr):
 
 @cute.jit
 def wgmma_ss_mainloop(tiled_mma, acc, tCrA, tCrB, k_blocks: cutlass.Constexpr, ab_pipe, prod, stages: cutlass.Constexpr,
-                      k_tiles: cutlass.Constexpr, warp, tma_a, tma_b, parts):
+                      k_tiles: cutlass.Constexpr, warp, tma_a, tma_b, parts, a_multicast: cutlass.Constexpr = 1):
     """Both operands from the staged ring (bf16, K-major): per k-tile one WGMMA group, one group
     kept in flight, the stage of the k-tile before it released (and refilled by warp 0). ``acc`` is
     zeroed here and holds the result when this returns (all WGMMAs retired)."""
@@ -151,7 +167,8 @@ def wgmma_ss_mainloop(tiled_mma, acc, tCrA, tCrB, k_blocks: cutlass.Constexpr, a
         cute.nvgpu.warpgroup.commit_group()
         # one k-tile of WGMMAs stays in flight; the one before it is done with its stage
         cute.nvgpu.warpgroup.wait_group(1)
-        release, prod = release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles, tma_a, tma_b, parts)
+        release, prod = release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles, tma_a, tma_b, parts,
+                                           a_multicast)
         read.advance()
     cute.nvgpu.warpgroup.wait_group(0)
 
@@ -183,14 +200,19 @@ def make_tiled_mma_bf16(warpgroups: int, tile_n: int, a_in_registers: bool = Fal
         Float32, (warpgroups, 1, 1), tiler_mn=(64, tile_n), a_source=src)
 
 
-def grouped_tma_atoms(a, b, tokens, num_experts, n: int, k: int, a_stage, b_stage, tile_mnk):
+def grouped_tma_atoms(a, b, tokens, num_experts, n: int, k: int, a_stage, b_stage, tile_mnk, a_multicast: int = 1):
     """TMA descriptors for the grouped operands: a over [T, K] (T dynamic; rows >= T read as zeros),
-    b over (N, K, E); ``a_stage`` / ``b_stage`` are one stage's shared-memory layouts.
-    Returns (tma_a, tma_mA, tma_b, tma_mB)."""
+    b over (N, K, E); ``a_stage`` / ``b_stage`` are one stage's shared-memory layouts; a multicast
+    to ``a_multicast`` CTAs. Returns (tma_a, tma_mA, tma_b, tma_mB)."""
     tile_m, tile_n, tile_k = tile_mnk
     mA = cute.make_tensor(a, cute.make_layout((tokens, k), stride=(k, 1)))
     mB = cute.make_tensor(b, cute.make_layout((n, k, num_experts), stride=(k, 1, n * k)))
     g2s = cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp()
-    tma_a, tma_mA = cute.nvgpu.cpasync.make_tiled_tma_atom(g2s, mA, a_stage, (tile_m, tile_k))
+    if a_multicast > 1:
+        tma_a, tma_mA = cute.nvgpu.cpasync.make_tiled_tma_atom(
+            cute.nvgpu.cpasync.CopyBulkTensorTileG2SMulticastOp(), mA, a_stage, (tile_m, tile_k),
+            num_multicast=a_multicast)
+    else:
+        tma_a, tma_mA = cute.nvgpu.cpasync.make_tiled_tma_atom(g2s, mA, a_stage, (tile_m, tile_k))
     tma_b, tma_mB = cute.nvgpu.cpasync.make_tiled_tma_atom(g2s, mB, b_stage, (tile_n, tile_k))
     return tma_a, tma_mA, tma_b, tma_mB
