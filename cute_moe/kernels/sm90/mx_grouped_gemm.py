@@ -145,6 +145,17 @@ class MXGroupedGemmSm90Kernel:
         tma_a, tma_mA, tma_b, tma_mB = grouped_tma_atoms(
             a, b, tokens, num_experts, N, K, cute.slice_(a8_smem, (None, None, 0)),
             cute.slice_(b8_smem, (None, None, 0)), self.tile_mnk)
+        tma_a_n, tma_mA_n = tma_a, tma_mA
+        if cutlass.const_expr(self.tokens_bf16):
+            # narrow tiles load a NARROW-row token box into the first rows of the stage (same
+            # 128-byte swizzle): 4 KB instead of 16 KB per k-tile, most of which would be other
+            # experts' rows (decode: 1-6 tokens per expert)
+            a_narrow = sm90_utils.make_smem_layout_b(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR,
+                                                     (64, NARROW, TILE_K), BFloat16, 1)
+            tma_a_n, tma_mA_n = cute.nvgpu.cpasync.make_tiled_tma_atom(
+                cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(),
+                cute.make_tensor(a, cute.make_layout((tokens, K), stride=(K, 1))),
+                cute.slice_(a_narrow, (None, None, 0)), (NARROW, TILE_K))
 
         a_bytes = TILE_M * TILE_K * STAGES * (2 if self.tokens_bf16 else 1)
         t16_elems = 1024 if self.tokens_bf16 else cute.cosize(t16_smem)
@@ -159,8 +170,8 @@ class MXGroupedGemmSm90Kernel:
         self.shared_storage = SharedStorage
         self.kernel(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, offsets, out, probs, h, hq_row, hs_row,
                     hq_col, hs_col, tokens, num_experts, num_tiles, mma_wide, mma_narrow, a8_smem, b8_smem,
-                    t16_smem).launch(grid=[N // TILE_N, num_tiles, 1], block=[THREADS, 1, 1],
-                                                 stream=stream)
+                    t16_smem, tma_a_n, tma_mA_n).launch(grid=[N // TILE_N, num_tiles, 1], block=[THREADS, 1, 1],
+                                                        stream=stream)
 
     @cute.jit
     def launch_dense(self, a, a_scale, b, b_scale, offsets, out, probs, h, hq_row, hs_row, hq_col, hs_col, tokens,
@@ -184,7 +195,7 @@ class MXGroupedGemmSm90Kernel:
         self.shared_storage = SharedStorage
         self.kernel(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, offsets, out, probs, h, hq_row, hs_row,
                     hq_col, hs_col, tokens, num_experts, num_tiles, mma, mma, a_smem, b_smem,
-                    b_smem).launch(grid=[self.n // TILE_N, num_tiles, 1], block=[THREADS, 1, 1],
+                    b_smem, tma_a, tma_mA).launch(grid=[self.n // TILE_N, num_tiles, 1], block=[THREADS, 1, 1],
                                    cluster=[self.cluster, 1, 1], stream=stream)
 
     @cute.kernel
@@ -193,7 +204,7 @@ class MXGroupedGemmSm90Kernel:
                probs: cute.Pointer, h: cute.Pointer, hq_row: cute.Pointer, hs_row: cute.Pointer,
                hq_col: cute.Pointer, hs_col: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32,
                mma_wide: cute.TiledMma, mma_narrow: cute.TiledMma, a8_smem, b8_smem,
-               t16_smem: cute.ComposedLayout):
+               t16_smem: cute.ComposedLayout, tma_a_n: cute.CopyAtom, tma_mA_n: cute.Tensor):
         # ---- which expert and rows this placed tile holds (rows 0: gap tile / empty expert)
         tidx, warp, n_tile, tile, e, row0, rows, storage = placed_cta(offsets, num_experts, self.shared_storage)
         # epilogue staging reuses the operand buffers: the bf16 out tile in the e4m3 ring (144 KB),
@@ -206,14 +217,26 @@ class MXGroupedGemmSm90Kernel:
             # (the token ring is smaller than the out tile)
             out_stage = storage.sB8.data_ptr().toint()
             h_stage = out_stage + H_STAGE_DENSE
+        # zeroed accumulators + ACCUMULATE always on; set here, outside the branches below: a field
+        # set inside one branch would be an IR value the other branch cannot use
+        mma_wide.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        mma_narrow.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
         if rows > 0:
             if cutlass.const_expr(self.weights_bf16):
                 self.mainloop_dense(tma_a, tma_mA, tma_b, tma_mB, out, out_stage, e, row0, rows, n_tile, tidx, warp,
                                     storage, mma_wide, a8_smem, b8_smem)
+            elif cutlass.const_expr(self.tokens_bf16):
+                # narrow and wide tiles differ in the token box (and so the stage's byte count, a
+                # static pipeline parameter): two instances of the mainloop
+                if rows <= NARROW:
+                    self.mainloop_bf16_tokens(tma_a_n, tma_mA_n, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile,
+                                              tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, True)
+                else:
+                    self.mainloop_bf16_tokens(tma_a, tma_mA, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile,
+                                              tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, False)
             else:
-                mainloop = self.mainloop_bf16_tokens if self.tokens_bf16 else self.mainloop_and_store
-                mainloop(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows, n_tile, tidx,
-                         warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem)
+                self.mainloop_and_store(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows,
+                                        n_tile, tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem)
             if cutlass.const_expr(self.swiglu):
                 self.swiglu_epilogue(probs, h, out_stage, h_stage, row0, rows, n_tile, tidx)
         if cutlass.const_expr(self.swiglu and (self.h_row or self.h_col or self.h_dequant)):
@@ -255,8 +278,6 @@ class MXGroupedGemmSm90Kernel:
                  for x in per_set] for per_set in rA]
         for x in acc:
             x.fill(0.0)
-        mma_wide.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
-        mma_narrow.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
         return tCrB, tCrB_n, acc, acc_n, rA, rA32
 
     @cute.jit
@@ -352,7 +373,8 @@ class MXGroupedGemmSm90Kernel:
                 cute.nvgpu.warpgroup.wait_group(1)
                 self.weights_to_registers(stage, f_rows, fc, b_codes, rA32[0][j], j)
                 cute.nvgpu.warpgroup.fence()
-                # committed inside each branch (see mainloop_bf16_tokens)
+                # committed inside each branch: a commit after the branches merge makes ptxas add an
+                # empty HGMMA to carry the group, and wait_group(1) would then also wait for this block
                 if narrow:
                     self.issue_block(True, mma_wide, mma_narrow, acc[j], acc_n[j], rA[0][j], tCrB, tCrB_n, buf)
                     cute.nvgpu.warpgroup.commit_group()
@@ -370,16 +392,19 @@ class MXGroupedGemmSm90Kernel:
         self.store_acc_bf16(acc, mma_wide, storage, out, row0, rows, n_tile, tidx)
 
     @cute.jit
-    def mainloop_bf16_tokens(self, tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows,
-                             n_tile, tidx, warp, storage, mma_wide, mma_narrow, a_smem, b8_smem, t16_smem):
+    def mainloop_bf16_tokens(self, tma_a, tma_mA, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile, tidx, warp,
+                             storage, mma_wide, mma_narrow, a_smem, b8_smem, narrow: cutlass.Constexpr):
         """Tokens arrive as bf16 (TMA straight into the swizzled operand layout): only the weights
-        are dequantized, and the warpgroups never wait for each other."""
+        are dequantized, and the warpgroups never wait for each other. ``narrow``: the tile holds at
+        most NARROW tokens; ``tma_a`` then loads NARROW-row boxes into the first rows of each stage."""
         sA = cute.make_tensor(cute.recast_ptr(storage.sA8.data_ptr(), a_smem.inner, dtype=BFloat16), a_smem.outer)
-        ab_pipe, prod, parts = start_ab_pipeline(tma_a, tma_mA, sA, tma_b, tma_mB, storage.sB8.get_tensor(b8_smem),
-                                                 storage.bars.data_ptr(), STAGES, (2 * TILE_M + TILE_N) * TILE_K,
-                                                 self.k_tiles, row0, e, n_tile, self.tile_mnk, warp, THREADS // 32)
+        box = NARROW if narrow else TILE_M
+        sA_box = cute.local_tile(sA, (box, TILE_K, STAGES), (0, 0, 0))
+        ab_pipe, prod, parts = start_ab_pipeline(tma_a, tma_mA, sA_box, tma_b, tma_mB,
+                                                 storage.sB8.get_tensor(b8_smem), storage.bars.data_ptr(), STAGES,
+                                                 (2 * box + TILE_N) * TILE_K, self.k_tiles, row0, e, n_tile,
+                                                 (box, TILE_N, TILE_K), warp, THREADS // 32)
         k_tiles = self.k_tiles
-        narrow = rows <= NARROW
         # two register sets of A fragments: k-tile kt converts into set kt % 2 while the WGMMAs of
         # kt-1 still read the other (one set would make every conversion wait for the tensor cores)
         tCrB, tCrB_n, acc, acc_n, rA, rA32 = self.mma_operands(mma_wide, mma_narrow, sA, STAGES, tidx, 2)
@@ -399,19 +424,12 @@ class MXGroupedGemmSm90Kernel:
                 for j in cutlass.range_constexpr(BLOCKS):
                     self.weights_to_registers(stage, f_rows, fc, b_codes, rA32[half][j], j)
                 cute.nvgpu.warpgroup.fence()
-                # one group per k-tile, committed inside each branch: a commit after the branches
-                # merge makes ptxas add an empty HGMMA to carry it, and the wait below would then
-                # also wait for this k-tile's WGMMAs
-                if narrow:
-                    for j in cutlass.range_constexpr(BLOCKS):
-                        self.issue_block(True, mma_wide, mma_narrow, acc[j], acc_n[j], rA[half][j], tCrB, tCrB_n,
-                                         read.index)
-                    cute.nvgpu.warpgroup.commit_group()
-                else:
-                    for j in cutlass.range_constexpr(BLOCKS):
-                        self.issue_block(False, mma_wide, mma_narrow, acc[j], acc_n[j], rA[half][j], tCrB, tCrB_n,
-                                         read.index)
-                    cute.nvgpu.warpgroup.commit_group()
+                # one group per k-tile (narrow is static here: no branch for ptxas to carry the
+                # group across, see mainloop_and_store)
+                for j in cutlass.range_constexpr(BLOCKS):
+                    self.issue_block(narrow, mma_wide, mma_narrow, acc[j], acc_n[j], rA[half][j], tCrB, tCrB_n,
+                                     read.index)
+                cute.nvgpu.warpgroup.commit_group()
                 # k-tile kt-1 retires: its register set is free, its stage goes back to TMA
                 cute.nvgpu.warpgroup.wait_group(1)
                 prev, prod = release_and_refill(ab_pipe, prev, prod, kt, warp, k_tiles, tma_a, tma_b, parts)
