@@ -5,11 +5,13 @@
 Per shape (training and decode):
 - torch bf16 anchors, re-measured here: FC1 = ``torch._grouped_mm`` + SwiGLU (``silu(g) * u`` on the
   interleaved output), FC2 = ``torch._grouped_mm``;
-- cute_moe FC1 as the fused forward runs it: MXFP8 W1, x as the exact bf16 dequantization of its
-  MXFP8 values (written by the quantize pass, K-permuted) -> bf16 z (saved for backward) + h =
-  p * silu(g) * u as MXFP8 columnwise and as the dequantized rowwise MXFP8 that FC2 reads (one
-  kernel); FC2: that h, MXFP8 W2 -> bf16 y. Also ("mx" columns) the kernels on MXFP8 tokens, which
-  dequantize them in the kernel too (FC1 then writes MXFP8 rowwise h);
+- cute_moe FC1 as the fused forward runs it ("swap"): MXFP8 W1 dequantized in registers, x as the
+  exact bf16 dequantization of its MXFP8 values (written by the quantize pass, K-permuted) -> bf16 z
+  (saved for backward) + h = p * silu(g) * u as MXFP8 columnwise and as the dequantized rowwise
+  MXFP8 that FC2 reads (one kernel); FC2: that h, MXFP8 W2 -> bf16 y. Also ("mx" columns) the
+  kernels on MXFP8 tokens, which dequantize them in the kernel too (FC1 then writes MXFP8 rowwise
+  h), and, from 128 tokens per expert, "dense": the weights handed over as their exact bf16 too
+  (a plain bf16 mainloop), with what producing them adds to the per-forward weight quantization;
 - quack's ``gemm_act(..., activation="swiglu")`` as a peer when ``quack`` imports (bf16, its own layout).
 Decode rows also give the bytes of expert weights the kernel must read (only touched experts) as GB/s
 against the copy bandwidth measured in the same run. The first call's time (compile + run, the DSL's
@@ -24,11 +26,13 @@ import torch
 from triton.testing import do_bench
 
 from shapes import DECODE, DECODE_BATCHES, SHAPES, TOPK, split_sizes  # bench/ is on sys.path as a script
+from cute_moe.functional import _FusedSm90Ops
 from cute_moe.kernels.quantize import quantize_mxfp8_cuda
 from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
 from cute_moe.quant.api import exclusive_offsets, quantize_mxfp8
 
-DENSE_MIN_TOKENS_PER_EXPERT = 128
+DENSE_MIN_TOKENS_PER_EXPERT = 128  # measure the dense variant from here (to show the crossover)
+DENSE_FWD = _FusedSm90Ops.DENSE_MIN_TOKENS_PER_EXPERT
 TRAIN = SHAPES  # (experts, tokens per expert, K, H)
 
 
@@ -194,6 +198,34 @@ def run_shape(name, sizes, k, h, compile_times, peer):
     return r
 
 
+def print_table(rows):
+    print(f"{'shape':15s} {'T':>6s} | {'FC1 torch':>9s} {'swap':>7s} {'speed':>5s} {'GB/s':>5s} {'mx':>5s}"
+          f" {'dense':>7s} {'speed':>5s} {'TF/s':>4s} | {'FC2 torch':>9s} {'swap':>7s} {'speed':>5s} {'GB/s':>5s}"
+          f" {'mx':>5s} {'dense':>7s} {'speed':>5s} {'TF/s':>4s} | {'fwd':>5s} {'+wpass':>6s} | {'quack FC1':>9s}")
+
+    def opt(r, key, fmt):
+        return format(r[key], fmt) if key in r else "-"
+
+    for r in rows:
+        q = r.get("quack_fc1_ms")
+        fwd = "dense" if r["T"] >= DENSE_FWD * r["E"] else "swap"
+        extra = (r["w1_pass_dense_ms"] - r["w1_pass_mx_ms"] + r["w2_pass_dense_ms"] - r["w2_pass_mx_ms"]
+                 if "w1_pass_dense_ms" in r else None)
+        print(f"{r['shape']:15s} {r['T']:6d} | {r['torch_fc1_ms']:9.3f} {r['ours_fc1_ms']:7.3f}"
+              f" {r['fc1_speedup']:5.2f} {r['fc1_weight_gbps']:5.0f} {r['fc1_mx_speedup']:5.2f}"
+              f" {opt(r, 'ours_fc1_dense_ms', '7.3f'):>7s} {opt(r, 'fc1_dense_speedup', '5.2f'):>5s}"
+              f" {opt(r, 'ours_fc1_dense_tflops', '4.0f'):>4s} |"
+              f" {r['torch_fc2_ms']:9.3f} {r['ours_fc2_ms']:7.3f} {r['fc2_speedup']:5.2f}"
+              f" {r['fc2_weight_gbps']:5.0f} {r['fc2_mx_speedup']:5.2f}"
+              f" {opt(r, 'ours_fc2_dense_ms', '7.3f'):>7s} {opt(r, 'fc2_dense_speedup', '5.2f'):>5s}"
+              f" {opt(r, 'ours_fc2_dense_tflops', '4.0f'):>4s} |"
+              f" {fwd:>5s} {'-' if extra is None else format(extra, '6.3f'):>6s} | {q if q is None else round(q, 3)!s:>9s}")
+    print("speed: torch time / ours. swap: MXFP8 weights dequantized in registers, bf16-dequantized tokens;"
+          " mx: the same on MXFP8 tokens; dense: weights as their exact bf16 too (plain bf16 mainloop);"
+          f" fwd: what the fused forward runs (dense from {DENSE_FWD} tokens per expert); +wpass: what the dense"
+          " path adds to the per-forward weight quantization (bf16 instead of MXFP8 written), FC1 + FC2, ms")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", nargs="+", default=list(TRAIN) + [f"{d}_b{b}" for d in DECODE for b in DECODE_BATCHES])
@@ -219,16 +251,7 @@ def main():
         print(rows[-1], flush=True)
     print(f"\nGPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  copy {copy_gbps:.0f} GB/s"
           f"  quack peer: {'yes' if peer else 'not importable'}")
-    print(f"{'shape':15s} {'T':>6s} | {'FC1 torch':>9s} {'ours':>7s} {'TFLOP/s':>7s} {'speed':>5s} {'GB/s':>5s}"
-          f" {'mx':>5s} | {'FC2 torch':>9s} {'ours':>7s} {'TFLOP/s':>7s} {'speed':>5s} {'GB/s':>5s} {'mx':>5s} |"
-          f" {'quack FC1':>9s}")
-    for r in rows:
-        q = r.get("quack_fc1_ms")
-        print(f"{r['shape']:15s} {r['T']:6d} | {r['torch_fc1_ms']:9.3f} {r['ours_fc1_ms']:7.3f} {r['ours_fc1_tflops']:7.0f}"
-              f" {r['fc1_speedup']:5.2f} {r['fc1_weight_gbps']:5.0f} {r['fc1_mx_speedup']:5.2f} |"
-              f" {r['torch_fc2_ms']:9.3f} {r['ours_fc2_ms']:7.3f} {r['ours_fc2_tflops']:7.0f} {r['fc2_speedup']:5.2f}"
-              f" {r['fc2_weight_gbps']:5.0f} {r['fc2_mx_speedup']:5.2f} | {q if q is None else round(q, 3)!s:>9s}")
-    print("speed: torch time / ours (bf16-dequantized tokens, the autograd path); mx: the same on MXFP8 tokens")
+    print_table(rows)
     from cute_moe.kernels.compile import cache_dir, cache_info
 
     print("first call (compile or disk-cache load, + run), s:",
