@@ -571,6 +571,21 @@ def _check_mx_operand(q, s, shape, name):
                          f"{s.dtype} {tuple(s.shape)}")
 
 
+def _operand_shape(q, s, dequant, name, shape):
+    """An operand comes either as MXFP8 (``q``, ``s``) or as its exact bf16 dequantization: check
+    which, return its shape."""
+    if dequant is not None:
+        if q is not None or s is not None:
+            raise ValueError(f"give either {name}_q / {name}_s (MXFP8) or {name}_dequant (bf16), not both")
+        if dequant.dtype != torch.bfloat16 or dequant.dim() != shape.count(",") + 1 or not dequant.is_contiguous():
+            raise ValueError(f"{name}_dequant must be a contiguous bf16 {shape} tensor, got {dequant.dtype} "
+                             f"{tuple(dequant.shape)}")
+        return dequant.shape
+    if q is None or s is None:
+        raise ValueError(f"{name}_q and {name}_s are required unless {name}_dequant is given")
+    return q.shape
+
+
 def kperm_rowwise(x: torch.Tensor) -> torch.Tensor:
     """[T, K] -> the same values with K permuted inside each 64-wide k-tile into the weights'
     A-fragment order (the kernel's token operand order): position 16s + 8h + 2c + e holds column
@@ -608,30 +623,10 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     """
     if offsets.dtype != torch.int32 or offsets.dim() != 1:
         raise TypeError(f"offsets must be a 1-D int32 tensor, got {offsets.dtype} {tuple(offsets.shape)}")
-    if a_dequant is not None:
-        if a_q is not None or a_s is not None:
-            raise ValueError("give either a_q / a_s (MXFP8) or a_dequant (bf16), not both")
-        if a_dequant.dtype != torch.bfloat16 or a_dequant.dim() != 2 or not a_dequant.is_contiguous():
-            raise ValueError(f"a_dequant must be a contiguous bf16 [T, K] tensor, got {a_dequant.dtype} "
-                             f"{tuple(a_dequant.shape)}")
-        a_shape = a_dequant.shape
-    else:
-        if a_q is None or a_s is None:
-            raise ValueError("a_q and a_s are required unless a_dequant is given")
-        a_shape = a_q.shape
-    if b_dequant is not None:
-        if a_dequant is None:
-            raise ValueError("b_dequant needs a_dequant (both operands bf16)")
-        if b_q is not None or b_s is not None:
-            raise ValueError("give either b_q / b_s (MXFP8) or b_dequant (bf16), not both")
-        if b_dequant.dtype != torch.bfloat16 or b_dequant.dim() != 3 or not b_dequant.is_contiguous():
-            raise ValueError(f"b_dequant must be a contiguous bf16 [E, N, K] tensor, got {b_dequant.dtype} "
-                             f"{tuple(b_dequant.shape)}")
-        b_shape = b_dequant.shape
-    else:
-        if b_q is None or b_s is None:
-            raise ValueError("b_q and b_s are required unless b_dequant is given")
-        b_shape = b_q.shape
+    a_shape = _operand_shape(a_q, a_s, a_dequant, "a", "[T, K]")
+    if b_dequant is not None and a_dequant is None:
+        raise ValueError("b_dequant needs a_dequant (both operands bf16)")
+    b_shape = _operand_shape(b_q, b_s, b_dequant, "b", "[E, N, K]")
     if len(a_shape) != 2 or len(b_shape) != 3 or b_shape[2] != a_shape[1]:
         raise ValueError(f"a must be [T, K] and b [E, N, K], got {tuple(a_shape)} and {tuple(b_shape)}")
     tokens, k = a_shape
