@@ -9,7 +9,9 @@ accumulation. One kernel per static configuration (N, K, epilogue flags); T, E a
 How the work is laid out, and why:
 - A CTA owns one *placed* 128-token tile (REFERENCE §2 grouped placement: expert e's tiles start at
   ``offsets[e] // 128 + e``) by 256 output features; the grid (N / 256, ceil(T/128) + E - 1) is known
-  on the host without reading ``offsets``. Gap tiles and empty experts never touch ``b``.
+  on the host without reading ``offsets``. Gap tiles and empty experts never touch ``b``. CTAs take
+  their (N tile, placed tile) in bands of 8 N tiles (``parts.banded_tile``), so that the CTAs in
+  flight share weight tiles in L2.
 - TMA loads 128x64 e4m3 tiles of ``a_row`` (rows from ``offsets[e] + 128 * local``; TMA boxes start
   at any row) and 256x64 of ``b_row[e]`` into a 6-stage ``PipelineTmaAsync`` ring, plain row-major
   (64-byte rows: a quarter-warp's 16-byte reads cover 128 contiguous bytes, no bank conflicts).
@@ -30,11 +32,18 @@ How the work is laid out, and why:
     swizzled layout: no token conversion, no CTA barrier; a stage is released once the WGMMAs of
     its k-tile retire, and k-tiles alternate two register sets of A fragments.
   Tiles with at most 32 tokens (decode) use 64x32 WGMMAs instead of 64x128: the tensor cores then
-  stay far below the weight stream (always 64x128: flash B=128 FC1 2.36 ms instead of 1.86).
-- Epilogue: accumulators -> bf16 -> shared memory by transposing stmatrix into a [token][feature]
-  tile (rows padded to 528 bytes: no bank conflicts), then 16-byte stores of the tile's rows that
-  belong to the expert (a TMA store would overwrite the next expert's rows). That is ``y`` (FC2) or
-  ``z`` (FC1).
+  stay far below the weight stream (always 64x128: flash B=128 FC1 2.36 ms instead of 1.86); with
+  ``a_dequant`` they also load only a 32-row token box.
+- ``b_dequant`` too ("dense", ``mainloop_dense``; many tokens per expert): the weights come as their
+  exact bf16 dequantization (K-permuted like the tokens), and the tile runs the usual way round:
+  tokens are WGMMA's M (64 per warpgroup), features its N (64x256 WGMMAs), both from a 4-stage
+  TMA ring, no conversion; 2-CTA clusters on consecutive N tiles load the shared token tile once
+  (TMA multicast). Twice the weight bytes of the swapped form, so only where each weight tile
+  serves several token tiles (bench/RESULTS.md, session 7).
+- Epilogue: accumulators -> bf16 -> shared memory by transposing stmatrix (plain stmatrix in the
+  dense form) into a [token][feature] tile (rows padded to 528 bytes: no bank conflicts), then
+  16-byte stores of the tile's rows that belong to the expert (a TMA store would overwrite the next
+  expert's rows). That is ``y`` (FC2) or ``z`` (FC1).
 - FC1 only: from the staged bf16 ``z``, ``h = p * silu(g) * u`` (REFERENCE §3 interleave: a 256-column
   tile holds 4 gate/up pairs of 32 columns -> 128 columns of ``h``), rounded to bf16 exactly like the
   unfused path (SwiGLU of the stored bf16 ``z`` in fp32), staged as the quantize kernel's 128x128 tile,
