@@ -98,4 +98,12 @@ def explain(x: torch.Tensor, *weights: torch.Tensor) -> str:
         d = decide(x.device, x.dtype, x.shape[-1], weights[1].shape[1], hidden=weights[0].shape[1] // 2)
     else:
         raise TypeError("explain(x, w) for grouped_linear, explain(x, w1, w2) for grouped_mlp, or explain(x, module)")
+    if d.path == FUSED_SM90 and len(weights) == 2:
+        from .functional import _FusedSm90Ops
+
+        t, e = x.shape[0], weights[0].shape[0]
+        form = ("their exact bf16 dequantization (dense mainloop)" if _FusedSm90Ops.dense_weights(t, e)
+                else "MXFP8, dequantized in registers (swapped mainloop)")
+        return (f"{d}; {t} tokens over {e} experts (bf16 weights from "
+                f"{_FusedSm90Ops.DENSE_MIN_TOKENS_PER_EXPERT} per expert): weights as {form}")
     return str(d)

@@ -176,10 +176,15 @@ class _FusedSm90Ops(_CudaOps):
         row = self._weight_row_mx(w)
         return row.data.view(e, n, k), row.scale.view(e, n, k // 32)
 
+    @classmethod
+    def dense_weights(cls, tokens: int, experts: int) -> bool:
+        """Whether the GEMMs take the weights as exact bf16 (dense mainloop) for this many tokens."""
+        return tokens >= cls.DENSE_MIN_TOKENS_PER_EXPERT * experts
+
     def _weights(self, w, tokens):
         """kwargs for the GEMM's weight operand: MXFP8 (b_q, b_s), or b_dequant when dense."""
         e, n, k = w.shape
-        if tokens >= self.DENSE_MIN_TOKENS_PER_EXPERT * e:
+        if self.dense_weights(tokens, e):
             row, _ = quantize_checked(w.to(torch.bfloat16).reshape(e * n, k).contiguous(), True, False, None, None,
                                       row_dequant=True)
             return dict(b_q=None, b_s=None, b_dequant=row.view(e, n, k))

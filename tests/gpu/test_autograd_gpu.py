@@ -118,6 +118,9 @@ def test_explain_on_gpu():
     with autocast():
         msg = cute_moe.explain(x, m)
     if SM90:
-        assert msg.startswith(dispatch.FUSED_SM90), msg
+        assert msg.startswith(dispatch.FUSED_SM90) and "dequantized in registers" in msg, msg
+        with autocast():
+            big = cute_moe.explain(torch.randn(2 * 512, 256, device="cuda").bfloat16(), m)
+        assert "exact bf16 dequantization (dense mainloop)" in big, big
     else:
         assert msg.startswith(dispatch.MXFP8_UNFUSED) and "not in this build" in msg
