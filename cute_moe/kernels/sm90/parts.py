@@ -46,7 +46,8 @@ def make_ab_pipeline(barriers, stages: int, tx_bytes, consumer_warps: int, a_mul
     )
 
 
-RASTER_BAND = 8  # N tiles per band of the launch order (see banded_tile)
+RASTER_BAND = 8  # N tiles per band of the launch order (see banded_tile); even: 2-CTA clusters
+assert RASTER_BAND % 2 == 0
 
 
 @cute.jit
@@ -56,7 +57,9 @@ def banded_tile():
     flight together then share a few weight tiles and a few token tiles in L2; in plain grid order
     (N tile fastest over all of N) a wave streams an expert's whole weight matrix for one or two
     token tiles, and large experts (mixtral's 28672 x 4096) re-read their weights from HBM for every
-    token tile."""
+    token tile. With an even number of N tiles (and RASTER_BAND even), CTAs bx = 2i and 2i + 1 of a
+    grid row get the same placed tile and N tiles n, n + 1: a 2-CTA cluster along x shares its
+    token tile, which the multicast of :func:`tma_tile_partitions` relies on."""
     bx, by, _ = cute.arch.block_idx()
     n_tiles, tiles, _ = cute.arch.grid_dim()
     linear = by * n_tiles + bx
