@@ -69,8 +69,8 @@ from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_COLS as H_TILE_COLS
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise
 from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
-from .parts import (grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16, mma_partitions, placed_cta,
-                    release_and_refill, stage_acc_bf16, start_ab_pipeline, wgmma_ss_mainloop)
+from .parts import (bf16_view, grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16, mma_partitions, placed_cta,
+                    release_and_refill, stage_acc_bf16, start_ab_pipeline, token_tma_atom, wgmma_ss_mainloop)
 
 TILE_M = TILE_TOKENS  # tokens of the output tile (WGMMA's N side)
 TILE_N = 256  # features (WGMMA's M side); FC1: 4 gate/up pairs -> the 128 h columns of one quantize tile
@@ -161,10 +161,7 @@ class MXGroupedGemmSm90Kernel:
             # experts' rows (decode: 1-6 tokens per expert)
             a_narrow = sm90_utils.make_smem_layout_b(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR,
                                                      (64, NARROW, TILE_K), BFloat16, 1)
-            tma_a_n, tma_mA_n = cute.nvgpu.cpasync.make_tiled_tma_atom(
-                cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(),
-                cute.make_tensor(a, cute.make_layout((tokens, K), stride=(K, 1))),
-                cute.slice_(a_narrow, (None, None, 0)), (NARROW, TILE_K))
+            tma_a_n, tma_mA_n = token_tma_atom(a, tokens, K, cute.slice_(a_narrow, (None, None, 0)), NARROW, TILE_K)
 
         a_bytes = TILE_M * TILE_K * STAGES * (2 if self.tokens_bf16 else 1)
         t16_elems = 1024 if self.tokens_bf16 else cute.cosize(t16_smem)
@@ -324,7 +321,7 @@ class MXGroupedGemmSm90Kernel:
             for s in cutlass.range(TILE_K // 16, unroll_full=True):
                 cute.gemm(mma_wide, acc_j, rA_j[(None, None, s)], tCrB[(None, None, s, buf)], acc_j)
 
-    # ---- the two mainloops
+    # ---- the three mainloops: MXFP8 tokens, bf16 tokens, bf16 tokens and weights (dense)
 
     @cute.jit
     def mainloop_and_store(self, tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows, n_tile,
@@ -406,7 +403,7 @@ class MXGroupedGemmSm90Kernel:
         """Tokens arrive as bf16 (TMA straight into the swizzled operand layout): only the weights
         are dequantized, and the warpgroups never wait for each other. ``narrow``: the tile holds at
         most NARROW tokens; ``tma_a`` then loads NARROW-row boxes into the first rows of each stage."""
-        sA = cute.make_tensor(cute.recast_ptr(storage.sA8.data_ptr(), a_smem.inner, dtype=BFloat16), a_smem.outer)
+        sA = bf16_view(storage.sA8, a_smem)
         box = NARROW if narrow else TILE_M
         sA_box = cute.local_tile(sA, (box, TILE_K, STAGES), (0, 0, 0))
         ab_pipe, prod, parts = start_ab_pipeline(tma_a, tma_mA, sA_box, tma_b, tma_mB,
@@ -452,8 +449,8 @@ class MXGroupedGemmSm90Kernel:
                        tiled_mma, a_smem, b_smem):
         """weights_bf16: a plain bf16 x bf16 mainloop (tokens x features, both from the TMA ring);
         the accumulators are then staged token-major, like the swapped path's transposed staging."""
-        sA = cute.make_tensor(cute.recast_ptr(storage.sA8.data_ptr(), a_smem.inner, dtype=BFloat16), a_smem.outer)
-        sB = cute.make_tensor(cute.recast_ptr(storage.sB8.data_ptr(), b_smem.inner, dtype=BFloat16), b_smem.outer)
+        sA = bf16_view(storage.sA8, a_smem)
+        sB = bf16_view(storage.sB8, b_smem)
         ab_pipe, prod, parts = start_ab_pipeline(tma_a, tma_mA, sA, tma_b, tma_mB, sB, storage.bars.data_ptr(),
                                                  DENSE_STAGES, (TILE_M + TILE_N) * TILE_K * 2, self.k_tiles, row0, e,
                                                  n_tile, self.tile_mnk, warp, THREADS // 32, self.cluster)

@@ -194,6 +194,11 @@ def stage_acc_bf16(acc, tiled_mma, s_out, tidx, transposed: cutlass.Constexpr = 
     cute.copy(r2s, tRS, thr_r2s.partition_D(s_out))
 
 
+def bf16_view(mem, layout):
+    """A shared-memory buffer (any element type) as the bf16 tensor of a swizzled ``layout``."""
+    return cute.make_tensor(cute.recast_ptr(mem.data_ptr(), layout.inner, dtype=BFloat16), layout.outer)
+
+
 def make_tiled_mma_bf16(warpgroups: int, tile_n: int, a_in_registers: bool = False):
     """BF16 WGMMA, fp32 accumulate: ``warpgroups`` along M, each 64 x ``tile_n``, operands K-major
     from shared memory (A from registers when ``a_in_registers``)."""
@@ -203,19 +208,25 @@ def make_tiled_mma_bf16(warpgroups: int, tile_n: int, a_in_registers: bool = Fal
         Float32, (warpgroups, 1, 1), tiler_mn=(64, tile_n), a_source=src)
 
 
+def token_tma_atom(a, tokens, k: int, a_stage, box_rows: int, box_k: int, multicast: int = 1):
+    """TMA descriptor for the token operand a over [T, K] (T dynamic; rows >= T read as zeros) in
+    ``box_rows`` x ``box_k`` boxes into the stage layout ``a_stage``, multicast to ``multicast`` CTAs.
+    Returns (tma_a, tma_mA)."""
+    mA = cute.make_tensor(a, cute.make_layout((tokens, k), stride=(k, 1)))
+    if multicast > 1:
+        return cute.nvgpu.cpasync.make_tiled_tma_atom(cute.nvgpu.cpasync.CopyBulkTensorTileG2SMulticastOp(), mA,
+                                                      a_stage, (box_rows, box_k), num_multicast=multicast)
+    return cute.nvgpu.cpasync.make_tiled_tma_atom(cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), mA, a_stage,
+                                                  (box_rows, box_k))
+
+
 def grouped_tma_atoms(a, b, tokens, num_experts, n: int, k: int, a_stage, b_stage, tile_mnk, a_multicast: int = 1):
     """TMA descriptors for the grouped operands: a over [T, K] (T dynamic; rows >= T read as zeros),
     b over (N, K, E); ``a_stage`` / ``b_stage`` are one stage's shared-memory layouts; a multicast
     to ``a_multicast`` CTAs. Returns (tma_a, tma_mA, tma_b, tma_mB)."""
     tile_m, tile_n, tile_k = tile_mnk
-    mA = cute.make_tensor(a, cute.make_layout((tokens, k), stride=(k, 1)))
+    tma_a, tma_mA = token_tma_atom(a, tokens, k, a_stage, tile_m, tile_k, a_multicast)
     mB = cute.make_tensor(b, cute.make_layout((n, k, num_experts), stride=(k, 1, n * k)))
-    g2s = cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp()
-    if a_multicast > 1:
-        tma_a, tma_mA = cute.nvgpu.cpasync.make_tiled_tma_atom(
-            cute.nvgpu.cpasync.CopyBulkTensorTileG2SMulticastOp(), mA, a_stage, (tile_m, tile_k),
-            num_multicast=a_multicast)
-    else:
-        tma_a, tma_mA = cute.nvgpu.cpasync.make_tiled_tma_atom(g2s, mA, a_stage, (tile_m, tile_k))
-    tma_b, tma_mB = cute.nvgpu.cpasync.make_tiled_tma_atom(g2s, mB, b_stage, (tile_n, tile_k))
+    tma_b, tma_mB = cute.nvgpu.cpasync.make_tiled_tma_atom(cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), mB, b_stage,
+                                                           (tile_n, tile_k))
     return tma_a, tma_mA, tma_b, tma_mB
