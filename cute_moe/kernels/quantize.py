@@ -31,7 +31,7 @@ from cutlass import Int32, Int64
 from ..quant.layout import grouped_tiles
 from .common.ptx import cp_async_16
 from .common.quantize_tile import ROW_BYTES, TILE_BYTES, TILE_COLS, quantize_tile_colwise, quantize_tile_rowwise
-from .common.placement import MAX_EXPERTS, TILE_TOKENS, find_expert
+from .common.placement import MAX_EXPERTS, TILE_TOKENS, placed_tile
 from .compile import compile_kernel, gmem_ptr, stream_arg, target_arch
 
 STAGE_BYTES = TILE_BYTES
@@ -72,16 +72,12 @@ class MXFP8QuantizeKernel:
 
     @cute.jit
     def item_rows(self, offsets, tokens, num_experts, tile, lane):
-        """(first token, valid rows) of placed tile ``tile``."""
-        tok0 = Int32(0)
-        tok1 = tokens
-        tile0 = Int32(0)
+        """(first token, valid rows) of placed tile ``tile`` (dense: tile ``tile`` of [T, C])."""
+        row0 = tile * TILE_TOKENS
+        rows = cutlass.min(cutlass.max(tokens - row0, Int32(0)), Int32(TILE_TOKENS))
         if cutlass.const_expr(self.grouped):
-            e, tok0, tok1 = find_expert(offsets, num_experts, tile, lane)
-            tile0 = tok0 // TILE_TOKENS + e
-        local = (tile - tile0) * TILE_TOKENS
-        rows = cutlass.min(cutlass.max(tok1 - tok0 - local, Int32(0)), Int32(TILE_TOKENS))
-        return tok0 + local, rows
+            _, row0, rows = placed_tile(offsets, num_experts, tile, lane)
+        return row0, rows
 
     @cute.jit
     def issue(self, x: cute.Pointer, stage: Int32, row0: Int32, rows: Int32, cblk: Int32, tidx: Int32):
