@@ -31,7 +31,7 @@ from cutlass import Int32, Int64
 from ..quant.layout import grouped_tiles
 from .common.ptx import cp_async_16
 from .common.quantize_tile import ROW_BYTES, TILE_BYTES, TILE_COLS, quantize_tile_colwise, quantize_tile_rowwise
-from .common.placement import MAX_EXPERTS, TILE_TOKENS, placed_tile
+from .common.placement import TILE_TOKENS, placed_tile
 from .compile import compile_kernel, gmem_ptr, stream_arg, target_arch
 
 STAGE_BYTES = TILE_BYTES
