@@ -32,7 +32,6 @@ from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
 from cute_moe.quant.api import exclusive_offsets, quantize_mxfp8
 
 DENSE_MIN_TOKENS_PER_EXPERT = 128  # measure the dense variant from here (to show the crossover)
-DENSE_FWD = _FusedSm90Ops.DENSE_MIN_TOKENS_PER_EXPERT
 TRAIN = SHAPES  # (experts, tokens per expert, K, H)
 
 
@@ -208,7 +207,7 @@ def print_table(rows):
 
     for r in rows:
         q = r.get("quack_fc1_ms")
-        fwd = "dense" if r["T"] >= DENSE_FWD * r["E"] else "swap"
+        fwd = "dense" if _FusedSm90Ops.dense_weights(r["T"], r["E"]) else "swap"
         extra = (r["w1_pass_dense_ms"] - r["w1_pass_mx_ms"] + r["w2_pass_dense_ms"] - r["w2_pass_mx_ms"]
                  if "w1_pass_dense_ms" in r else None)
         print(f"{r['shape']:15s} {r['T']:6d} | {r['torch_fc1_ms']:9.3f} {r['ours_fc1_ms']:7.3f}"
@@ -222,7 +221,8 @@ def print_table(rows):
               f" {fwd:>5s} {'-' if extra is None else format(extra, '6.3f'):>6s} | {q if q is None else round(q, 3)!s:>9s}")
     print("speed: torch time / ours. swap: MXFP8 weights dequantized in registers, bf16-dequantized tokens;"
           " mx: the same on MXFP8 tokens; dense: weights as their exact bf16 too (plain bf16 mainloop);"
-          f" fwd: what the fused forward runs (dense from {DENSE_FWD} tokens per expert); +wpass: what the dense"
+          f" fwd: what the fused forward runs (dense from {_FusedSm90Ops.DENSE_MIN_TOKENS_PER_EXPERT} tokens per"
+          " expert); +wpass: what the dense"
           " path adds to the per-forward weight quantization (bf16 instead of MXFP8 written), FC1 + FC2, ms")
 
 

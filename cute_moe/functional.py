@@ -133,10 +133,12 @@ class _CudaOps:
         return dequantize_device(self._weight_row_mx(w16), torch.bfloat16).view(e, n, k)
 
     @staticmethod
-    def _weight_row_mx(w):
-        """Q_row(W) of [E, N, K] as one rowwise MXFP8Tensor over [E*N, K] (blocks along K)."""
+    def _weight_row_mx(w, row_dequant=False):
+        """Q_row(W) of [E, N, K] as one rowwise MXFP8Tensor over [E*N, K] (blocks along K); with
+        ``row_dequant`` its exact bf16 dequantization [E*N, K], K-permuted for the SM90 GEMM."""
         e, n, k = w.shape
-        row, _ = quantize_checked(w.to(torch.bfloat16).reshape(e * n, k).contiguous(), True, False, None, None)
+        row, _ = quantize_checked(w.to(torch.bfloat16).reshape(e * n, k).contiguous(), True, False, None, None,
+                                  row_dequant=row_dequant)
         return row
 
     def gmm(self, a, w, sizes):
@@ -156,11 +158,11 @@ class _FusedSm90Ops(_CudaOps):
     it), or, from DENSE_MIN_TOKENS_PER_EXPERT tokens per expert on average, as their exact bf16
     dequantization written by the weight quantize pass (``row_dequant``): the GEMM then converts
     nothing, which beats the in-register conversion once each weight tile serves several token
-    tiles (bench/RESULTS.md, session 7). Token operands (``x``, ``h``) are quantized to MXFP8 and handed over as
-    their exact bf16 dequantization, written by the quantize pass itself (x: the quantize kernel;
-    h: FC1's epilogue) in the K order the GEMM reads: they skip the in-kernel dequantization, which
-    is most of the mainloop's work (bench/RESULTS.md). The columnwise MXFP8 copies for the weight
-    gradients come from the same passes. Backward is ``_CudaOps``'."""
+    tiles (bench/RESULTS.md, session 7). Token operands (``x``, ``h``) are quantized to MXFP8 and
+    handed over as their exact bf16 dequantization, written by the quantize pass itself (x: the
+    quantize kernel; h: FC1's epilogue) in the K order the GEMM reads: they skip the in-kernel
+    dequantization, which is most of the mainloop's work (bench/RESULTS.md). The columnwise MXFP8
+    copies for the weight gradients come from the same passes. Backward is ``_CudaOps``'."""
 
     fused_forward = True
     # measured crossover (H100, bench_fused): 256 tokens per expert (qwen3) runs faster swapped,
@@ -185,9 +187,7 @@ class _FusedSm90Ops(_CudaOps):
         """kwargs for the GEMM's weight operand: MXFP8 (b_q, b_s), or b_dequant when dense."""
         e, n, k = w.shape
         if self.dense_weights(tokens, e):
-            row, _ = quantize_checked(w.to(torch.bfloat16).reshape(e * n, k).contiguous(), True, False, None, None,
-                                      row_dequant=True)
-            return dict(b_q=None, b_s=None, b_dequant=row.view(e, n, k))
+            return dict(b_q=None, b_s=None, b_dequant=self._weight_row_mx(w, row_dequant=True).view(e, n, k))
         wq, ws = self._weight_mx(w)
         return dict(b_q=wq, b_s=ws)
 

@@ -110,3 +110,5 @@ def test_mx_grouped_gemm_argument_errors():
         mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, h_dequant=True)
     with pytest.raises(ValueError, match="row_dequant"):
         quantize_mxfp8_cuda(torch.zeros(4, 96, dtype=torch.bfloat16), row_dequant=True)
+    with pytest.raises(ValueError, match="CUDA device"):  # well-formed, but not on a GPU
+        mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets)

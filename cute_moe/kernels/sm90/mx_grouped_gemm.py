@@ -656,6 +656,11 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     if h_row and h_dequant:
         raise ValueError("ask for h_row (MXFP8) or h_dequant (its bf16 dequantization), not both")
     dev = (b_q if b_dequant is None else b_dequant).device
+    operands = dict(a_q=a_q, a_s=a_s, a_dequant=a_dequant, b_q=b_q, b_s=b_s, b_dequant=b_dequant, offsets=offsets,
+                    probs=probs)
+    for name, t in operands.items():
+        if t is not None and (t.device.type != "cuda" or t.device != dev):
+            raise ValueError(f"{name} must be on the weights' CUDA device, got {t.device} (weights on {dev})")
     tiles = grouped_tiles(tokens, num_experts)
     hidden = n // 2
 
