@@ -112,6 +112,19 @@ def st_global_u8(addr: Int64, val, pred, *, loc=None, ip=None):
 
 
 @dsl_user_op
+def div_rn_fast(x, d, *, loc=None, ip=None) -> Float32:
+    """``x / d`` by the fast path of ``div.rn.f32`` (reciprocal, one Newton step, quotient, one
+    correction): correctly rounded, so equal to ``div.rn``, while operands and quotient stay
+    well inside the normal range; callers check that (see ``activation.silu_exact``). Unlike
+    ``div.rn`` it has no slow-path branch, so a thread's divisions overlap."""
+    return Float32(_asm(
+        T.f32(), [Float32(x), Float32(d)],
+        "{ .reg .f32 r, t, nd, q, e; rcp.approx.ftz.f32 r, $2; neg.f32 nd, $2; fma.rn.f32 t, nd, r, 0f3F800000; "
+        "fma.rn.f32 r, r, t, r; mul.rn.f32 q, $1, r; fma.rn.f32 e, nd, q, $1; fma.rn.f32 $0, r, e, q; }",
+        "=f,f,f", loc=loc, ip=ip))
+
+
+@dsl_user_op
 def umax(a, b, *, loc=None, ip=None) -> Uint32:
     return Uint32(_asm(T.i32(), [Uint32(a), Uint32(b)], "max.u32 $0, $1, $2;", "=r,r,r", loc=loc, ip=ip))
 

@@ -63,6 +63,7 @@ from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
 
 from ...quant.layout import grouped_tiles
 from ...quant.mxfp8 import dequantize
+from ..common.activation import silu_exact
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS
 from ..common.ptx import bf16x2_to_f32, e4m3_to_bf16_scaled, f32_to_bf16x2, ld_global_u8, ld_shared, st_global, st_shared
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
@@ -290,14 +291,23 @@ class MXGroupedGemmSm90Kernel:
     def weight_rows(self, b_scale, e, n_tile, tidx, warp):
         """This thread's A-fragment rows: block j, half q -> feature row 128 wg + 64 j + 16 (warp % 4)
         + lane // 4 + 8 q, of which it reads the 16 bytes of chunk lane % 4 (one E8M0 code: block
-        (lane % 4) // 2 of the k-tile). Returns (chunk, rows, scale-code addresses at k-tile 0)."""
+        (lane % 4) // 2 of the k-tile). Returns (chunk, rows, (the first row's scale-code address at
+        k-tile 0, the other rows' static offsets from it))."""
         wg = cute.arch.make_warp_uniform(tidx // 128)
         fc = tidx % 4
         f_rows = [wg * WG_FEATURES + 64 * (i // 2) + 16 * (warp % 4) + (tidx % 32) // 4 + 8 * (i % 2)
                   for i in range(2 * BLOCKS)]
         kb = self.k // 32
-        b_sc = [b_scale.toint() + (Int64(e) * self.n + n_tile * TILE_N + fr) * kb + fc // 2 for fr in f_rows]
-        return fc, f_rows, b_sc
+        # one 64-bit address and static offsets (the rows are 8 and 64 apart): four live addresses
+        # cost the mainloop registers it does not have
+        b_sc = b_scale.toint() + (Int64(e) * self.n + n_tile * TILE_N + f_rows[0]) * kb + fc // 2
+        return fc, f_rows, (b_sc, [(64 * (i // 2) + 8 * (i % 2)) * kb for i in range(2 * BLOCKS)])
+
+    @cute.jit
+    def weight_codes(self, b_sc, kb_index):
+        """The E8M0 codes of this thread's weight rows at scale column ``kb_index``."""
+        base, offs = b_sc
+        return [ld_global_u8(base + kb_index + o) for o in offs]
 
     @cute.jit
     def weights_to_registers(self, stage: Int32, f_rows, fc, codes, rA32_j, j: cutlass.Constexpr):
@@ -356,13 +366,13 @@ class MXGroupedGemmSm90Kernel:
         # scale codes run one k-tile ahead in registers: an L2 round trip per k-tile would
         # otherwise stall every warp right before its conversion
         a_next = [ld_global_u8(p) for p in a_sc]
-        b_next = [ld_global_u8(p) for p in b_sc]
+        b_next = self.weight_codes(b_sc, 0)
         for kt in cutlass.range(k_tiles, unroll=1):
             a_codes = a_next
             b_codes = b_next
             nxt = 2 * cutlass.min(kt + 1, k_tiles - 1)
             a_next = [ld_global_u8(p + nxt) for p in a_sc]
-            b_next = [ld_global_u8(p + nxt) for p in b_sc]
+            b_next = self.weight_codes(b_sc, nxt)
             ab_pipe.consumer_wait(read)
             self.convert_tokens(a8 + read.index * (TILE_M * TILE_K), t16 + buf * (TILE_M * TILE_K * 2), r0, kc,
                                 a_codes, rows)
@@ -418,13 +428,13 @@ class MXGroupedGemmSm90Kernel:
         b8 = storage.sB8.data_ptr().toint()
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, STAGES)
         prev = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, STAGES)
-        b_next = [ld_global_u8(p) for p in b_sc]
+        b_next = self.weight_codes(b_sc, 0)
         for kt2 in cutlass.range(k_tiles // 2, unroll=1):  # k_tiles is even here (K % 128 == 0)
             for half in cutlass.range_constexpr(2):
                 kt = 2 * kt2 + half
                 b_codes = b_next
                 nxt = 2 * cutlass.min(kt + 1, k_tiles - 1)
-                b_next = [ld_global_u8(p + nxt) for p in b_sc]
+                b_next = self.weight_codes(b_sc, nxt)
                 ab_pipe.consumer_wait(read)
                 stage = b8 + read.index * (TILE_N * TILE_K)
                 for j in cutlass.range_constexpr(BLOCKS):
@@ -513,29 +523,32 @@ class MXGroupedGemmSm90Kernel:
         128x128 quantize tile (rows past ``rows`` zeroed); optionally stored as bf16 ``h``."""
         blk = (tidx // 4) % 4  # which gate/up pair
         c8 = tidx % 4  # which 8 of its 32 columns
+        hw = cute.make_rmem_tensor(4, Uint32)
         for i in cutlass.range_constexpr(TILE_M // 16):
             r = tidx // 16 + 16 * i
-            g = ld_shared(z_stage + r * OUT_ROW_BYTES + (blk * 2 * GLU + c8 * 8) * 2, 4)
-            u = ld_shared(z_stage + r * OUT_ROW_BYTES + (blk * 2 * GLU + GLU + c8 * 8) * 2, 4)
-            valid = r < rows
-            p = Float32(1.0)
-            if cutlass.const_expr(self.with_probs):
-                if valid:
-                    p = cute.make_tensor(probs + (row0 + r), cute.make_layout(1))[0]
-            hw = []
-            for j in cutlass.range_constexpr(4):
-                gf = bf16x2_to_f32(g[j])
-                uf = bf16x2_to_f32(u[j])
-                hv = []
-                for q in cutlass.range_constexpr(2):
-                    # the reference's order: silu(g) * u, then * p (fp32, IEEE exp and divide)
-                    s = gf[q] / (Float32(1.0) + cute.math.exp(-gf[q], fastmath=False))
-                    v = s * uf[q]
-                    if cutlass.const_expr(self.with_probs):
-                        v = v * p
-                    hv.append(v)
-                hw.append(Uint32(cutlass.select_(valid, f32_to_bf16x2(hv[0], hv[1]), Uint32(0))))
-            st_shared(h_stage + r * H_ROW_BYTES + (blk * GLU + c8 * 8) * 2, hw)
+            hw.fill(0)
+            # row groups past the tile's tokens stay zero (decode tiles hold a few tokens: most
+            # of the 128 rows would be SiLU of stale values)
+            if 16 * i < rows:
+                g = ld_shared(z_stage + r * OUT_ROW_BYTES + (blk * 2 * GLU + c8 * 8) * 2, 4)
+                u = ld_shared(z_stage + r * OUT_ROW_BYTES + (blk * 2 * GLU + GLU + c8 * 8) * 2, 4)
+                valid = r < rows
+                p = Float32(1.0)
+                if cutlass.const_expr(self.with_probs):
+                    if valid:
+                        p = cute.make_tensor(probs + (row0 + r), cute.make_layout(1))[0]
+                silu = silu_exact(g)
+                for j in cutlass.range_constexpr(4):
+                    uf = bf16x2_to_f32(u[j])
+                    hv = []
+                    for q in cutlass.range_constexpr(2):
+                        # the reference's order: silu(g) * u, then * p (fp32)
+                        v = silu[2 * j + q] * uf[q]
+                        if cutlass.const_expr(self.with_probs):
+                            v = v * p
+                        hv.append(v)
+                    hw[j] = Uint32(cutlass.select_(valid, f32_to_bf16x2(hv[0], hv[1]), Uint32(0)))
+            st_shared(h_stage + r * H_ROW_BYTES + (blk * GLU + c8 * 8) * 2, [hw[j] for j in range(4)])
         cute.arch.sync_threads()
         if cutlass.const_expr(self.h_bf16):
             per_row = H_TILE_COLS * 2 // 16
