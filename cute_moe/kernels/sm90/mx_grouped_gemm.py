@@ -46,7 +46,9 @@ How the work is laid out, and why:
   expert's rows). That is ``y`` (FC2) or ``z`` (FC1).
 - FC1 only: from the staged bf16 ``z``, ``h = p * silu(g) * u`` (REFERENCE §3 interleave: a 256-column
   tile holds 4 gate/up pairs of 32 columns -> 128 columns of ``h``), rounded to bf16 exactly like the
-  unfused path (SwiGLU of the stored bf16 ``z`` in fp32), staged as the quantize kernel's 128x128 tile,
+  unfused path (SwiGLU of the stored bf16 ``z`` in fp32; SiLU by ``activation.silu_exact``, the IEEE
+  expression without a branch per division; row groups past the tile's tokens are skipped), staged
+  as the quantize kernel's 128x128 tile,
   then quantized by the shared tile passes: warpgroup 0 rowwise, warpgroup 1 columnwise (per-expert
   32-row blocks), at the same time. Gap tiles still write their padding scale codes.
 """

@@ -1,0 +1,69 @@
+"""Where the fused FC1's time goes, per training shape (issue 3): the same SM90 kernel with its
+epilogue outputs added one at a time, against torch bf16 in the same run.
+
+    python bench/bench_breakdown.py [--shapes ...]
+
+Columns (ms): torch ``_grouped_mm`` alone and + SwiGLU; ours as GEMM + bf16 z only ("z"), + SwiGLU
+and bf16 h ("z+h"), + h as the dequantized rowwise MXFP8 FC2 reads ("z+hrow"), + h columnwise
+MXFP8 too ("full": what the forward runs), for the swapped (MXFP8 weights) and dense (bf16
+weights) mainloops. Differences between columns are what each epilogue step costs.
+"""
+
+import argparse
+
+import torch
+from triton.testing import do_bench
+
+from bench_fused import dense_weights, mx_rows
+from shapes import SHAPES, split_sizes
+from cute_moe.kernels.quantize import quantize_mxfp8_cuda
+from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
+from cute_moe.quant.api import exclusive_offsets
+
+
+def bench(fn):
+    fn()  # compile outside the timing
+    return do_bench(fn, warmup=10, rep=100)
+
+
+def run_shape(name):
+    e, tpe, k, h = SHAPES[name]
+    sizes = split_sizes(name, e, tpe)
+    t, dev = int(sizes.sum()), "cuda"
+    off = exclusive_offsets(sizes.to(torch.int32).to(dev))
+    x = torch.randn(t, k, device=dev, dtype=torch.bfloat16)
+    w1 = torch.randn(e, 2 * h, k, device=dev, dtype=torch.bfloat16) / k**0.5
+    p = torch.rand(t, device=dev)
+    xd = quantize_mxfp8_cuda(x, row_dequant=True)[0]
+    w1q, w1s = mx_rows(w1)
+    w1d = dense_weights(w1)
+    w1t = w1.transpose(1, 2)
+
+    def torch_fc1():
+        v = torch._grouped_mm(x, w1t, offs=off[1:]).view(t, h // 32, 2, 32)
+        return torch.nn.functional.silu(v[:, :, 0]) * v[:, :, 1]
+
+    r = {"torch_gemm": bench(lambda: torch._grouped_mm(x, w1t, offs=off[1:])), "torch_fc1": bench(torch_fc1)}
+    steps = {"z": {}, "z+h": dict(swiglu=True, probs=p, h_bf16=True),
+             "z+hrow": dict(swiglu=True, probs=p, h_dequant=True),
+             "full": dict(swiglu=True, probs=p, h_dequant=True, h_col=True)}
+    for form, weights in (("swap", dict(b_q=w1q, b_s=w1s)), ("dense", dict(b_q=None, b_s=None, b_dequant=w1d))):
+        for step, kw in steps.items():
+            r[f"{form} {step}"] = bench(lambda: mx_grouped_gemm_sm90(None, None, offsets=off, a_dequant=xd, **weights,
+                                                                     **kw))
+    flops = 2 * t * k * 2 * h
+    print(f"{name}: " + "  ".join(f"{key} {ms:.3f} ({flops / ms / 1e9:.0f} TF/s)" for key, ms in r.items()), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", nargs="+", default=["qwen3_30b", "mixtral_like", "dsv3_ep8"])
+    args = ap.parse_args()
+    print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    for name in args.shapes:
+        run_shape(name)
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
