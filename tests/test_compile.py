@@ -23,4 +23,4 @@ def test_kernel_compiles_with_intended_ptx(cfg, arch):
 
 def test_registry_covers_every_kernel_module():
     names = {c.name.split("-")[0] for c in registry()}
-    assert {"mxfp8_quantize", "grouped_gemm_sm90"} <= names
+    assert {"mxfp8_quantize", "grouped_gemm_sm90", "mx_grouped_gemm_sm90"} <= names

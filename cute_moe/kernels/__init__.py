@@ -69,7 +69,8 @@ def _sm90_mx_grouped_gemm_configs():
 
     must = ("wgmma.mma_async.sync.aligned", ".f32.bf16.bf16", "cp.async.bulk.tensor", "cvt.rn.f16x2.e4m3x2",
             "ld.global.nc.u8", "fence.proxy.async", "stmatrix")
-    fc1 = ("cvt.rn.satfinite.e4m3x2.f32", "div.rn.f32")
+    # FC1: the SiLU's branch-free division (activation.silu_exact) and its div.rn fallback
+    fc1 = ("cvt.rn.satfinite.e4m3x2.f32", "rcp.approx.ftz.f32", "div.rn.f32")
     # (N, K, (swiglu, with_probs, h_bf16, h_row, h_col, swizzled[, tokens_bf16, h_dequant])): FC2 and
     # FC1 of the shapes, tokens as MXFP8 and as dequantized bf16 (the fused forward's configs)
     cfgs = [
@@ -96,8 +97,9 @@ def _sm90_mx_grouped_gemm_configs():
             compile=lambda arch, n=n, k=k, flags=flags: compiled_mx_grouped_gemm_kernel(n, k, flags, arch, keep_ptx=True),
             archs=("sm_90a",),
             ptx_must_contain=must_for(flags) + (fc1 if flags[0] else ()),
-            # IEEE arithmetic everywhere; the one .ftz is libdevice's expf (ex2.approx.ftz after its
-            # range reduction), the same expf torch's silu runs
+            # IEEE arithmetic everywhere; the .ftz are libdevice's expf (ex2.approx.ftz after its
+            # range reduction, the same expf torch's silu runs) and the reciprocal seed of the
+            # SiLU's division (normal operands only; refined and corrected to div.rn's result)
             ptx_must_not_contain=("mul.rn.ftz", "fma.rn.ftz", "add.rn.ftz", "div.approx", "div.full", "cvt.rn.ftz"),
         )
         for n, k, flags in cfgs
