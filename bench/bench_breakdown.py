@@ -12,8 +12,8 @@ weights) mainloops. Differences between columns are what each epilogue step cost
 import argparse
 
 import torch
-from triton.testing import do_bench
 
+import bench_fused
 from bench_fused import dense_weights, mx_rows
 from shapes import SHAPES, split_sizes
 from cute_moe.kernels.quantize import quantize_mxfp8_cuda
@@ -23,7 +23,7 @@ from cute_moe.quant.api import exclusive_offsets
 
 def bench(fn):
     fn()  # compile outside the timing
-    return do_bench(fn, warmup=10, rep=100)
+    return bench_fused.bench(fn)
 
 
 def run_shape(name):
@@ -39,11 +39,8 @@ def run_shape(name):
     w1d = dense_weights(w1)
     w1t = w1.transpose(1, 2)
 
-    def torch_fc1():
-        v = torch._grouped_mm(x, w1t, offs=off[1:]).view(t, h // 32, 2, 32)
-        return torch.nn.functional.silu(v[:, :, 0]) * v[:, :, 1]
-
-    r = {"torch_gemm": bench(lambda: torch._grouped_mm(x, w1t, offs=off[1:])), "torch_fc1": bench(torch_fc1)}
+    r = {"torch_gemm": bench(lambda: torch._grouped_mm(x, w1t, offs=off[1:])),
+         "torch_fc1": bench(lambda: bench_fused.torch_fc1_swiglu(x, w1t, off[1:], h))}
     steps = {"z": {}, "z+h": dict(swiglu=True, probs=p, h_bf16=True),
              "z+hrow": dict(swiglu=True, probs=p, h_dequant=True),
              "full": dict(swiglu=True, probs=p, h_dequant=True, h_col=True)}
