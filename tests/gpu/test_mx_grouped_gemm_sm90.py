@@ -202,8 +202,8 @@ def _dense_weights(bq, bs):
 def test_dense_weights_bit_identical(swiglu, n, k):
     """b_dequant (weights as exact bf16 too: a plain bf16 mainloop, tokens x features) gives the
     swapped MXFP8 path's bytes: z / y, bf16 h, MXFP8 h both ways (swizzled scales), h_dequant;
-    over empty, 1-token, partial and multi-tile experts, an odd number of k-tiles (K = 320), and
-    an odd number of N tiles (N = 768: no 2-CTA cluster)."""
+    over empty, 1-token, partial and multi-tile experts (units of two token tiles whose second
+    tile is partial, empty or a gap tile), an odd number of k-tiles (K = 320) and of N tiles."""
     sizes = [0, 1, 33, 300, 5, 0, 77, 128, 129]
     (aq, as_, a_dq), (bq, bs, b_dq), offsets = _problem(sizes, n, k, seed=12, spread=6)
     kw = {}
@@ -224,6 +224,33 @@ def test_dense_weights_bit_identical(swiglu, n, k):
     for name in ("z", "h", "h_row", "h_col"):
         for rt, gt in zip(ref[name] if isinstance(ref[name], tuple) else (ref[name],),
                           got[name] if isinstance(got[name], tuple) else (got[name],)):
+            assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
+
+
+@pytest.mark.parametrize("swiglu", [False, True])
+@pytest.mark.parametrize("n,ctas", [(512, None), (768, None), (512, 1), (768, 5)])
+def test_dense_persistent_many_tiles(swiglu, n, ctas):
+    """The persistent dense kernel walks many units per CTA (more placed tiles than SMs, or a grid
+    forced down to 1 cluster / 5 CTAs) across empty experts and gap tiles, with the ring's phases
+    wrapping many times: same bytes as the swapped path."""
+    gen = torch.Generator().manual_seed(5)
+    sizes = torch.randint(0, 700, (48,), generator=gen)
+    sizes[::7] = 0
+    sizes[3], sizes[10] = 1, 129
+    sizes = sizes.tolist()
+    k = 256
+    (aq, as_, a_dq), (bq, bs, b_dq), offsets = _problem(sizes, n, k, seed=13, spread=6)
+    kw = dict(swiglu=True, probs=torch.rand(sum(sizes), device="cuda"), h_bf16=True, h_col=True,
+              swizzled=True, h_row=True) if swiglu else {}
+    ref = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, **kw)
+    got = mx_grouped_gemm_sm90(None, None, None, None, offsets, a_dequant=dequantize_rowwise_kperm(aq, as_),
+                               b_dequant=_dense_weights(bq, bs), _poison=True, _ctas=ctas, **kw)
+    if not swiglu:
+        _check_gemm(got, a_dq, b_dq, sizes, offsets)
+        assert torch.equal(got.view(torch.uint8), ref.view(torch.uint8))
+        return
+    for name in ("z", "h", "h_row", "h_col"):
+        for rt, gt in zip(ref[name], got[name]) if isinstance(ref[name], tuple) else [(ref[name], got[name])]:
             assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
 
 

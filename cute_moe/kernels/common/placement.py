@@ -14,8 +14,10 @@ MAX_EXPERTS = 1024  # two ballot levels of 32
 
 
 @cute.jit
-def find_expert(offsets: cute.Pointer, num_experts: Int32, tile: Int32, lane: Int32):
-    """(e, offsets[e], offsets[e+1]) for the largest e with ``offsets[e] // 128 + e <= tile``.
+def find_expert(offsets: cute.Pointer, num_experts: Int32, tile: Int32, lane: Int32,
+                tile_tokens: cutlass.Constexpr = TILE_TOKENS):
+    """(e, offsets[e], offsets[e+1]) for the largest e with ``offsets[e] // tile_tokens + e <= tile``
+    (the placement of ``tile_tokens``-token tiles; 128 unless a kernel walks pairs of them).
 
     Tile starts strictly increase with e, so a 2-level 32-ary search by warp ballot finds e in two
     dependent load rounds; the last level's lanes also load offsets[e+1], and the token range comes
@@ -23,13 +25,13 @@ def find_expert(offsets: cute.Pointer, num_experts: Int32, tile: Int32, lane: In
     base = offsets.toint()
     e = lane * 32
     ok = e < num_experts
-    start = ld_global_s32_pred(base + Int64(e) * 4, ok, 0) // TILE_TOKENS + e
+    start = ld_global_s32_pred(base + Int64(e) * 4, ok, 0) // tile_tokens + e
     lo = (Int32(cute.arch.popc(cute.arch.vote_ballot_sync(ok & (start <= tile)))) - 1) * 32
     e = lo + lane
     ok = e < num_experts
     off_e = ld_global_s32_pred(base + Int64(e) * 4, ok, 0)
     off_next = ld_global_s32_pred(base + Int64(e) * 4 + 4, ok, 0)
-    src = Int32(cute.arch.popc(cute.arch.vote_ballot_sync(ok & (off_e // TILE_TOKENS + e <= tile)))) - 1
+    src = Int32(cute.arch.popc(cute.arch.vote_ballot_sync(ok & (off_e // tile_tokens + e <= tile)))) - 1
     return lo + src, cute.arch.shuffle_sync(off_e, src), cute.arch.shuffle_sync(off_next, src)
 
 

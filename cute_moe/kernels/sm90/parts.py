@@ -14,59 +14,62 @@ from ..common.placement import placed_tile
 
 @cute.jit
 def tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile, tile_mnk: cutlass.Constexpr,
-                        a_multicast: cutlass.Constexpr = 1):
+                        b_multicast: cutlass.Constexpr = 1):
     """TMA views of the tile's k-slices: a from token ``row0`` (any row: TMA boxes start anywhere),
-    b[e] from column tile ``n_tile``. ``a_multicast`` CTAs of a cluster (consecutive N tiles of the
-    same token tile) each load 1/a_multicast of the a tile for all of them. Returns (tAgA, tAsA, tBgB, tBsB)."""
+    b[e] from column tile ``n_tile``. With ``b_multicast`` > 1 the CTAs of a cluster (token tiles of
+    one expert, same N tile) each load 1/b_multicast of the b tile for all of them.
+    Returns (tAgA, tAsA, tBgB, tBsB)."""
     tile_m, tile_n, tile_k = tile_mnk
     gA = cute.local_tile(cute.domain_offset((row0, 0), tma_mA), (tile_m, tile_k), (0, None))
     gB = cute.local_tile(tma_mB[None, None, e], (tile_n, tile_k), (n_tile, None))
-    a_rank = 0
-    if cutlass.const_expr(a_multicast > 1):
-        a_rank = cute.arch.make_warp_uniform(cute.arch.block_idx_in_cluster())
+    rank = 0
+    if cutlass.const_expr(b_multicast > 1):
+        rank = cute.arch.make_warp_uniform(cute.arch.block_idx_in_cluster())
     tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(
-        tma_a, a_rank, cute.make_layout(a_multicast), cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2))
+        tma_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2))
     tBsB, tBgB = cute.nvgpu.cpasync.tma_partition(
-        tma_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2))
+        tma_b, rank, cute.make_layout(b_multicast), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2))
     return tAgA, tAsA, tBgB, tBsB
 
 
-def make_ab_pipeline(barriers, stages: int, tx_bytes, consumer_warps: int, a_multicast: int = 1):
+def make_ab_pipeline(barriers, stages: int, tx_bytes, consumer_warps: int, cluster: int = 1):
     """Full barriers count the TMA bytes of a stage, empty barriers one arrive per consumer warp of
-    every CTA the stage's a tile is multicast to (a stage is refilled once all of them are done
-    with it: the refill writes into each of them)."""
+    every CTA of the (1-D) cluster, whose loads may multicast into each other's stages (a stage is
+    refilled once all of them are done with it: the refill writes into each of them)."""
     return pipeline.PipelineTmaAsync.create(
         barrier_storage=barriers,
         num_stages=stages,
         producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
-        consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, consumer_warps * a_multicast),
+        consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, consumer_warps * cluster),
         tx_count=tx_bytes,
-        # (V, M, N, K): the cluster runs along N; its CTAs share M, so every consumer warp signals all of them
-        cta_layout_vmnk=cute.make_layout((1, 1, a_multicast, 1)),
+        # (V, M, N, K): a 1-D cluster, every consumer warp signals all of its CTAs
+        cta_layout_vmnk=cute.make_layout((1, 1, cluster, 1)),
     )
 
 
-RASTER_BAND = 8  # N tiles per band of the launch order (see banded_tile); even: 2-CTA clusters
-assert RASTER_BAND % 2 == 0
+RASTER_BAND = 8  # N tiles per band of the launch order (see banded_coords)
 
 
 @cute.jit
-def banded_tile():
-    """(N tile, placed tile) of this CTA for the launch grid (N tiles, placed tiles): CTAs run in
-    bands of RASTER_BAND N tiles, N tile fastest, sweeping all placed tiles within a band. CTAs in
-    flight together then share a few weight tiles and a few token tiles in L2; in plain grid order
-    (N tile fastest over all of N) a wave streams an expert's whole weight matrix for one or two
-    token tiles, and large experts (mixtral's 28672 x 4096) re-read their weights from HBM for every
-    token tile. With an even number of N tiles (and RASTER_BAND even), CTAs bx = 2i and 2i + 1 of a
-    grid row get the same placed tile and N tiles n, n + 1: a 2-CTA cluster along x shares its
-    token tile, which the multicast of :func:`tma_tile_partitions` relies on."""
-    bx, by, _ = cute.arch.block_idx()
-    n_tiles, tiles, _ = cute.arch.grid_dim()
-    linear = by * n_tiles + bx
+def banded_coords(linear, n_tiles, tiles):
+    """(N tile, placed tile) of launch-order position ``linear`` over (N tiles, placed tiles): bands of
+    RASTER_BAND N tiles, N tile fastest, sweeping all placed tiles within a band. CTAs in flight
+    together then share a few weight tiles and a few token tiles in L2; in plain grid order (N tile
+    fastest over all of N) a wave streams an expert's whole weight matrix for one or two token
+    tiles, and large experts (mixtral's 28672 x 4096) re-read their weights from HBM for every
+    token tile. (The dense kernel walks its units of two token tiles the same way.)"""
     band = linear // (RASTER_BAND * tiles)
     width = cutlass.min(n_tiles - band * RASTER_BAND, RASTER_BAND)
     idx = linear - band * (RASTER_BAND * tiles)
     return band * RASTER_BAND + idx % width, idx // width
+
+
+@cute.jit
+def banded_tile():
+    """:func:`banded_coords` of this CTA in the launch grid (N tiles, placed tiles)."""
+    bx, by, _ = cute.arch.block_idx()
+    n_tiles, tiles, _ = cute.arch.grid_dim()
+    return banded_coords(by * n_tiles + bx, n_tiles, tiles)
 
 
 @cute.jit
@@ -83,47 +86,56 @@ def placed_cta(offsets, num_experts, shared_storage):
 
 
 @cute.jit
-def load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts, a_multicast: cutlass.Constexpr = 1):
+def load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts, k_tile=None, b_multicast: cutlass.Constexpr = 1):
     """Producer (one warp; the TMA atoms elect one thread): wait for a free stage, arm its full
-    barrier with the byte count, issue both TMA loads of k-tile ``prod.count`` (this CTA's share of
-    a multicast to the whole cluster). ``parts``: the (tAgA, tAsA, tBgB, tBsB) of
-    :func:`tma_tile_partitions`."""
+    barrier with the byte count, issue both TMA loads of k-tile ``k_tile`` (default ``prod.count``:
+    one tile per ring; with ``b_multicast``, this CTA's share of b goes to the whole cluster).
+    ``parts``: the (tAgA, tAsA, tBgB, tBsB) of :func:`tma_tile_partitions`."""
     tAgA, tAsA, tBgB, tBsB = parts
+    kt = prod.count if k_tile is None else k_tile
     ab_pipe.producer_acquire(prod)
     bar = ab_pipe.producer_get_barrier(prod)
-    if cutlass.const_expr(a_multicast > 1):
-        cute.copy(tma_a, tAgA[(None, prod.count)], tAsA[(None, prod.index)], tma_bar_ptr=bar,
-                  mcast_mask=cutlass.Int16((1 << a_multicast) - 1))
+    cute.copy(tma_a, tAgA[(None, kt)], tAsA[(None, prod.index)], tma_bar_ptr=bar)
+    if cutlass.const_expr(b_multicast > 1):
+        cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, prod.index)], tma_bar_ptr=bar,
+                  mcast_mask=cutlass.Int16((1 << b_multicast) - 1))
     else:
-        cute.copy(tma_a, tAgA[(None, prod.count)], tAsA[(None, prod.index)], tma_bar_ptr=bar)
-    cute.copy(tma_b, tBgB[(None, prod.count)], tBsB[(None, prod.index)], tma_bar_ptr=bar)
+        cute.copy(tma_b, tBgB[(None, kt)], tBsB[(None, prod.index)], tma_bar_ptr=bar)
     ab_pipe.producer_commit(prod)
+
+
+@cute.jit
+def null_stage(ab_pipe, prod):
+    """Producer: complete stage ``prod`` with no data (its full barrier's one arrive, no bytes), once
+    every consumer released it. A CTA with nothing to load keeps its ring in step with a cluster
+    peer whose consumers signal this CTA's empty barriers stage by stage."""
+    ab_pipe.sync_object_empty.wait(prod.index, prod.phase)
+    if cute.arch.lane_idx() == 0:
+        cute.arch.mbarrier_arrive(ab_pipe.producer_get_barrier(prod))
 
 
 @cute.jit
 def start_ab_pipeline(tma_a, tma_mA, sA, tma_b, tma_mB, sB, barriers, stages: cutlass.Constexpr,
                       tx_bytes: cutlass.Constexpr, k_tiles: cutlass.Constexpr, row0, e, n_tile,
-                      tile_mnk: cutlass.Constexpr, warp, consumer_warps: cutlass.Constexpr,
-                      a_multicast: cutlass.Constexpr = 1):
+                      tile_mnk: cutlass.Constexpr, warp, consumer_warps: cutlass.Constexpr):
     """TMA views of the placed tile, the full/empty-barrier ring (every consumer warp releases; with
     ``a_multicast`` > 1 the ring is cluster-wide, its creation syncs the cluster), and warp 0
     filling its first stages. Returns (ab_pipe, producer state, TMA partitions)."""
     if warp == 0:
         cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
         cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
-    parts = tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile, tile_mnk, a_multicast)
-    ab_pipe = make_ab_pipeline(barriers, stages, tx_bytes, consumer_warps, a_multicast)
+    parts = tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile, tile_mnk)
+    ab_pipe = make_ab_pipeline(barriers, stages, tx_bytes, consumer_warps)
     prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, stages)
     if warp == 0:
         for _ in cutlass.range(min(stages, k_tiles), unroll=1):
-            load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts, a_multicast)
+            load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts)
             prod.advance()
     return ab_pipe, prod, parts
 
 
 @cute.jit
-def release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles: cutlass.Constexpr, tma_a, tma_b, parts,
-                       a_multicast: cutlass.Constexpr = 1):
+def release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles: cutlass.Constexpr, tma_a, tma_b, parts):
     """After ``wait_group(1)`` in k-tile ``kt``: the WGMMAs of k-tile kt-1 have read their stage,
     which goes back to the producer. Warp 0 refills that same stage only after its own release (it
     waits for every consumer warp's release): acquiring before any release, in k-tile 0, would deadlock
@@ -133,7 +145,7 @@ def release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles: cutlass.Conste
         ab_pipe.consumer_release(release)
         release.advance()
         if warp == 0 and prod.count < k_tiles:
-            load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts, a_multicast)
+            load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts)
             prod.advance()
     return release, prod
 
@@ -151,29 +163,54 @@ def mma_partitions(tiled_mma, sA, sB, tidx, tile_mn: cutlass.Constexpr):
 
 
 @cute.jit
+def wgmma_ss_ktile(tiled_mma, acc, tCrA, tCrB, k_blocks: cutlass.Constexpr, ab_pipe, read):
+    """One k-tile of a both-operands-from-shared-memory mainloop: wait for stage ``read``, issue its
+    WGMMA group, then wait until only this group is in flight (the one before it is done with its
+    stage, which the caller releases)."""
+    ab_pipe.consumer_wait(read)
+    cute.nvgpu.warpgroup.fence()
+    for kb in cutlass.range(k_blocks, unroll_full=True):
+        coord = (None, None, kb, read.index)
+        cute.gemm(tiled_mma, acc, tCrA[coord], tCrB[coord], acc)
+    cute.nvgpu.warpgroup.commit_group()
+    cute.nvgpu.warpgroup.wait_group(1)
+
+
+@cute.jit
 def wgmma_ss_mainloop(tiled_mma, acc, tCrA, tCrB, k_blocks: cutlass.Constexpr, ab_pipe, prod, stages: cutlass.Constexpr,
-                      k_tiles: cutlass.Constexpr, warp, tma_a, tma_b, parts, a_multicast: cutlass.Constexpr = 1):
-    """Both operands from the staged ring (bf16, K-major): per k-tile one WGMMA group, one group
-    kept in flight, the stage of the k-tile before it released (and refilled by warp 0). ``acc`` is
-    zeroed here and holds the result when this returns (all WGMMAs retired)."""
+                      k_tiles: cutlass.Constexpr, warp, tma_a, tma_b, parts):
+    """Both operands from the staged ring (bf16, K-major), one tile per ring: per k-tile one WGMMA
+    group, one group kept in flight, the stage of the k-tile before it released (and refilled by
+    warp 0). ``acc`` is zeroed here and holds the result when this returns (all WGMMAs retired)."""
     read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, stages)
     release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, stages)
     # zeroed accumulators + ACCUMULATE always on: no first-k-block special case in the loop
     acc.fill(0.0)
     tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
     for kt in cutlass.range(k_tiles, unroll=1):
-        ab_pipe.consumer_wait(read)
-        cute.nvgpu.warpgroup.fence()
-        for kb in cutlass.range(k_blocks, unroll_full=True):
-            coord = (None, None, kb, read.index)
-            cute.gemm(tiled_mma, acc, tCrA[coord], tCrB[coord], acc)
-        cute.nvgpu.warpgroup.commit_group()
-        # one k-tile of WGMMAs stays in flight; the one before it is done with its stage
-        cute.nvgpu.warpgroup.wait_group(1)
-        release, prod = release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles, tma_a, tma_b, parts,
-                                           a_multicast)
+        wgmma_ss_ktile(tiled_mma, acc, tCrA, tCrB, k_blocks, ab_pipe, read)
+        release, prod = release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles, tma_a, tma_b, parts)
         read.advance()
     cute.nvgpu.warpgroup.wait_group(0)
+
+
+@cute.jit
+def wgmma_ss_consume(tiled_mma, acc, tCrA, tCrB, k_blocks: cutlass.Constexpr, ab_pipe, read,
+                     k_tiles: cutlass.Constexpr):
+    """Consumer side of a warp-specialized ring (a producer warp fills it, tile after tile): one
+    tile's k-tiles from ring state ``read`` into the zeroed ``acc``; every stage it read is
+    released, all WGMMAs are retired on return. Returns the advanced ``read``."""
+    acc.fill(0.0)
+    release = read.clone()
+    for kt in cutlass.range(k_tiles, unroll=1):
+        wgmma_ss_ktile(tiled_mma, acc, tCrA, tCrB, k_blocks, ab_pipe, read)
+        if kt > 0:
+            ab_pipe.consumer_release(release)
+            release.advance()
+        read.advance()
+    cute.nvgpu.warpgroup.wait_group(0)
+    ab_pipe.consumer_release(release)
+    return read
 
 
 @cute.jit
@@ -208,25 +245,31 @@ def make_tiled_mma_bf16(warpgroups: int, tile_n: int, a_in_registers: bool = Fal
         Float32, (warpgroups, 1, 1), tiler_mn=(64, tile_n), a_source=src)
 
 
-def token_tma_atom(a, tokens, k: int, a_stage, box_rows: int, box_k: int, multicast: int = 1):
+def token_tma_atom(a, tokens, k: int, a_stage, box_rows: int, box_k: int):
     """TMA descriptor for the token operand a over [T, K] (T dynamic; rows >= T read as zeros) in
-    ``box_rows`` x ``box_k`` boxes into the stage layout ``a_stage``, multicast to ``multicast`` CTAs.
-    Returns (tma_a, tma_mA)."""
+    ``box_rows`` x ``box_k`` boxes into the stage layout ``a_stage``. Returns (tma_a, tma_mA)."""
     mA = cute.make_tensor(a, cute.make_layout((tokens, k), stride=(k, 1)))
-    if multicast > 1:
-        return cute.nvgpu.cpasync.make_tiled_tma_atom(cute.nvgpu.cpasync.CopyBulkTensorTileG2SMulticastOp(), mA,
-                                                      a_stage, (box_rows, box_k), num_multicast=multicast)
     return cute.nvgpu.cpasync.make_tiled_tma_atom(cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), mA, a_stage,
                                                   (box_rows, box_k))
 
 
-def grouped_tma_atoms(a, b, tokens, num_experts, n: int, k: int, a_stage, b_stage, tile_mnk, a_multicast: int = 1):
-    """TMA descriptors for the grouped operands: a over [T, K] (T dynamic; rows >= T read as zeros),
-    b over (N, K, E); ``a_stage`` / ``b_stage`` are one stage's shared-memory layouts; a multicast
-    to ``a_multicast`` CTAs. Returns (tma_a, tma_mA, tma_b, tma_mB)."""
-    tile_m, tile_n, tile_k = tile_mnk
-    tma_a, tma_mA = token_tma_atom(a, tokens, k, a_stage, tile_m, tile_k, a_multicast)
+def weight_tma_atom(b, n: int, k: int, num_experts, b_stage, box_n: int, box_k: int, multicast: int = 1):
+    """TMA descriptor for the weights b over (N, K, E) in ``box_n`` x ``box_k`` boxes into the stage
+    layout ``b_stage``, multicast to ``multicast`` CTAs (each then loads 1/multicast of the stage).
+    Returns (tma_b, tma_mB)."""
     mB = cute.make_tensor(b, cute.make_layout((n, k, num_experts), stride=(k, 1, n * k)))
-    tma_b, tma_mB = cute.nvgpu.cpasync.make_tiled_tma_atom(cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), mB, b_stage,
-                                                           (tile_n, tile_k))
+    if multicast > 1:
+        return cute.nvgpu.cpasync.make_tiled_tma_atom(cute.nvgpu.cpasync.CopyBulkTensorTileG2SMulticastOp(), mB,
+                                                      b_stage, (box_n, box_k), num_multicast=multicast)
+    return cute.nvgpu.cpasync.make_tiled_tma_atom(cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), mB, b_stage,
+                                                  (box_n, box_k))
+
+
+def grouped_tma_atoms(a, b, tokens, num_experts, n: int, k: int, a_stage, b_stage, tile_mnk):
+    """TMA descriptors for the grouped operands: a over [T, K] (T dynamic; rows >= T read as zeros),
+    b over (N, K, E); ``a_stage`` / ``b_stage`` are one stage's shared-memory layouts.
+    Returns (tma_a, tma_mA, tma_b, tma_mB)."""
+    tile_m, tile_n, tile_k = tile_mnk
+    tma_a, tma_mA = token_tma_atom(a, tokens, k, a_stage, tile_m, tile_k)
+    tma_b, tma_mB = weight_tma_atom(b, n, k, num_experts, b_stage, tile_n, tile_k)
     return tma_a, tma_mA, tma_b, tma_mB
