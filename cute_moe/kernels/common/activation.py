@@ -7,7 +7,7 @@ import cutlass
 import cutlass.cute as cute
 from cutlass import Boolean, Float32, Uint32
 
-from .ptx import bf16x2_to_f32, div_rn_fast
+from .ptx import bf16x2_to_f32, div_rn_fast, f32_to_bf16x2
 
 # the fast division is exact (and so equal to div.rn) for |x| in [2^-64, 2^65) and d <= 2^64
 _EXP_LO, _EXP_SPAN = 127 - 64, 128
@@ -40,3 +40,22 @@ def silu_exact(words: list) -> list:
         for j in cutlass.range_constexpr(n):
             out[j] = xs[j] / ds[j]
     return [out[j] for j in range(n)]
+
+
+@cute.jit
+def swiglu_bf16x2(g: list, u: list, p, valid) -> list:
+    """SwiGLU of 8 gate values ``g`` and their 8 up partners ``u`` (4 bf16-pair words each) ->
+    4 bf16-pair words of ``h``, in the reference's order: ``silu(g) * u``, then ``* p`` (fp32;
+    ``p`` None: no router weight); zeros where ``valid`` is false."""
+    silu = silu_exact(g)
+    out = []
+    for j in cutlass.range_constexpr(4):
+        uf = bf16x2_to_f32(u[j])
+        hv = []
+        for q in cutlass.range_constexpr(2):
+            v = silu[2 * j + q] * uf[q]
+            if cutlass.const_expr(p is not None):
+                v = v * p
+            hv.append(v)
+        out.append(Uint32(cutlass.select_(valid, f32_to_bf16x2(hv[0], hv[1]), Uint32(0))))
+    return out

@@ -23,14 +23,14 @@ import cutlass.cute as cute
 import cutlass.pipeline as pipeline
 import cutlass.utils.hopper_helpers as sm90_utils
 import torch
-from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
+from cutlass import BFloat16, Float32, Int32, Uint8
 
-from ..common.activation import silu_exact
+from ..common.activation import swiglu_bf16x2
 from ..common.placement import TILE_TOKENS, find_expert
-from ..common.ptx import bf16x2_to_f32, f32_to_bf16x2, ld_shared, st_global, st_shared
+from ..common.ptx import f32_to_bf16x2, st_shared
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_BYTES as H_TILE_BYTES
-from .mx_grouped_gemm import GLU, THREADS, TILE_K, TILE_M, TILE_N, WARPGROUPS, MXGroupedGemmSm90Kernel
+from .mx_grouped_gemm import GLU, THREADS, TILE_K, TILE_M, TILE_N, WARPGROUPS, MXGroupedGemmSm90Kernel, store_rows
 from .parts import (banded_coords, grouped_tma_atoms, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16,
                     mma_partitions, null_stage, tma_tile_partitions, weight_tma_atom, wgmma_ss_consume)
 
@@ -204,8 +204,6 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         # the previous tile's readers of the staging buffer are done
         bar.arrive_and_wait()
         if rows > 0:
-            per_row = 128 * 2 // 16  # 16-byte chunks per row of a half
-            ch = tidx % per_row
             # (plain names: a value assigned under a runtime branch must be a variable, not a list item)
             p0 = Float32(1.0)
             p1 = Float32(1.0)
@@ -214,7 +212,7 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
                     p0 = cute.make_tensor(probs + (row0 + r_top), cute.make_layout(1))[0]
                 if r_top + 8 < rows:
                     p1 = cute.make_tensor(probs + (row0 + r_top + 8), cute.make_layout(1))[0]
-            p = [p0, p1]
+            p = [p0, p1] if self.with_probs else [None, None]
             hw = [[None] * (TILE_N // 16) for _ in range(2)]
             # a half at a time (bf16 words of 16 column groups per row): fewer live registers next
             # to the accumulators; its two gate/up pairs give h words kept until the z halves are out
@@ -227,23 +225,10 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
                 if cutlass.const_expr(self.swiglu):
                     for i in cutlass.range_constexpr(2):
                         for pp in cutlass.range_constexpr(2):
-                            silu = silu_exact([zw[i][8 * pp + j] for j in range(4)])
-                            for j in cutlass.range_constexpr(4):
-                                uf = bf16x2_to_f32(zw[i][8 * pp + 4 + j])
-                                hv = []
-                                for q in cutlass.range_constexpr(2):
-                                    # the reference's order: silu(g) * u, then * p (fp32)
-                                    v = silu[2 * j + q] * uf[q]
-                                    if cutlass.const_expr(self.with_probs):
-                                        v = v * p[i]
-                                    hv.append(v)
-                                hw[i][8 * half + 4 * pp + j] = Uint32(cutlass.select_(
-                                    r_top + 8 * i < rows, f32_to_bf16x2(hv[0], hv[1]), Uint32(0)))
+                            hw[i][8 * half + 4 * pp: 8 * half + 4 * pp + 4] = swiglu_bf16x2(
+                                zw[i][8 * pp: 8 * pp + 4], zw[i][8 * pp + 4: 8 * pp + 8], p[i], r_top + 8 * i < rows)
                 bar.arrive_and_wait()
-                base = out.toint() + (Int64(row0) * self.n + n_tile * TILE_N + 128 * half + ch * 8) * 2
-                for q in cutlass.range_constexpr(TILE_M * per_row // THREADS):
-                    r = tidx // per_row + q * (THREADS // per_row)
-                    st_global(base + Int64(r) * (self.n * 2), ld_shared(epi + r * H_ROW_BYTES + ch * 16, 4), r < rows)
+                store_rows(out, self.n, n_tile * TILE_N + 128 * half, 128, epi, H_ROW_BYTES, row0, rows, tidx)
                 bar.arrive_and_wait()
             if cutlass.const_expr(self.swiglu):
                 # h word (pair, j) holds h columns GLU * pair + 8 j + cw (+1)
@@ -261,8 +246,6 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
 
 @functools.lru_cache(maxsize=None)
 def _resident_clusters(device_index: int, cluster: int) -> int:
-    if cluster == 1:
-        return torch.cuda.get_device_properties(device_index).multi_processor_count
     with torch.cuda.device(device_index):
         return cutlass.utils.HardwareInfo(device_index).get_max_active_clusters(cluster)
 

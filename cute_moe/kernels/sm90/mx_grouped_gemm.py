@@ -62,9 +62,9 @@ from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
 
 from ...quant.layout import grouped_tiles
 from ...quant.mxfp8 import dequantize
-from ..common.activation import silu_exact
+from ..common.activation import swiglu_bf16x2
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS
-from ..common.ptx import bf16x2_to_f32, e4m3_to_bf16_scaled, f32_to_bf16x2, ld_global_u8, ld_shared, st_global, st_shared
+from ..common.ptx import e4m3_to_bf16_scaled, ld_global_u8, ld_shared, st_global, st_shared
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_COLS as H_TILE_COLS
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise
@@ -447,13 +447,7 @@ class MXGroupedGemmSm90Kernel:
     @cute.jit
     def store_staged(self, out, stage_i, row0, rows, n_tile, tidx):
         """The staged [token][feature] bf16 tile -> the expert's rows of ``out`` (16-byte stores)."""
-        per_row = TILE_N * 2 // 16  # 16-byte chunks per row
-        ch = tidx % per_row
-        base = out.toint() + (Int64(row0) * self.n + n_tile * TILE_N + ch * 8) * 2
-        for p in cutlass.range_constexpr(TILE_M * per_row // THREADS):
-            r = tidx // per_row + p * (THREADS // per_row)
-            w = ld_shared(stage_i + r * OUT_ROW_BYTES + ch * 16, 4)
-            st_global(base + Int64(r) * (self.n * 2), w, r < rows)
+        store_rows(out, self.n, n_tile * TILE_N, TILE_N, stage_i, OUT_ROW_BYTES, row0, rows, tidx)
 
     @cute.jit
     def swiglu_epilogue(self, probs, h, z_stage, h_stage, row0, rows, n_tile, tidx):
@@ -475,17 +469,9 @@ class MXGroupedGemmSm90Kernel:
                 if cutlass.const_expr(self.with_probs):
                     if valid:
                         p = cute.make_tensor(probs + (row0 + r), cute.make_layout(1))[0]
-                silu = silu_exact(g)
+                hv = swiglu_bf16x2(g, u, p if self.with_probs else None, valid)
                 for j in cutlass.range_constexpr(4):
-                    uf = bf16x2_to_f32(u[j])
-                    hv = []
-                    for q in cutlass.range_constexpr(2):
-                        # the reference's order: silu(g) * u, then * p (fp32)
-                        v = silu[2 * j + q] * uf[q]
-                        if cutlass.const_expr(self.with_probs):
-                            v = v * p
-                        hv.append(v)
-                    hw[j] = Uint32(cutlass.select_(valid, f32_to_bf16x2(hv[0], hv[1]), Uint32(0)))
+                    hw[j] = hv[j]
             st_shared(h_stage + r * H_ROW_BYTES + (blk * GLU + c8 * 8) * 2, [hw[j] for j in range(4)])
         cute.arch.sync_threads()
         if cutlass.const_expr(self.h_bf16):
@@ -494,12 +480,21 @@ class MXGroupedGemmSm90Kernel:
     @cute.jit
     def store_h_bf16(self, h, h_stage, row0, rows, n_tile, tidx):
         """The staged 128x128 h tile -> the expert's rows of bf16 ``h`` [T, N/2] (16-byte stores)."""
-        per_row = H_TILE_COLS * 2 // 16
-        ch = tidx % per_row
-        base = h.toint() + (Int64(row0) * self.hidden + n_tile * H_TILE_COLS + ch * 8) * 2
-        for q in cutlass.range_constexpr(TILE_M * per_row // THREADS):
-            r = tidx // per_row + q * (THREADS // per_row)
-            st_global(base + Int64(r) * (self.hidden * 2), ld_shared(h_stage + r * H_ROW_BYTES + ch * 16, 4), r < rows)
+        store_rows(h, self.hidden, n_tile * H_TILE_COLS, H_TILE_COLS, h_stage, H_ROW_BYTES, row0, rows, tidx)
+
+
+@cute.jit
+def store_rows(dst: cute.Pointer, dst_cols: cutlass.Constexpr, col0, cols: cutlass.Constexpr, stage: Int32,
+               stage_row_bytes: cutlass.Constexpr, row0, rows, tidx):
+    """A staged bf16 tile (TILE_M rows ``stage_row_bytes`` apart, ``cols`` columns) -> rows ``row0 ..
+    row0 + rows - 1``, columns ``col0 ..`` of ``dst`` [T, dst_cols], by 16-byte stores of all the
+    CTA's THREADS threads; rows past ``rows`` belong to the next expert and are not written."""
+    per_row = cols * 2 // 16  # 16-byte chunks per row
+    ch = tidx % per_row
+    base = dst.toint() + (Int64(row0) * dst_cols + col0 + ch * 8) * 2
+    for q in cutlass.range_constexpr(TILE_M * per_row // THREADS):
+        r = tidx // per_row + q * (THREADS // per_row)
+        st_global(base + Int64(r) * (dst_cols * 2), ld_shared(stage + r * stage_row_bytes + ch * 16, 4), r < rows)
 
 
 # --- host side --------------------------------------------------------------------------------

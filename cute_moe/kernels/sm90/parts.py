@@ -118,9 +118,8 @@ def null_stage(ab_pipe, prod):
 def start_ab_pipeline(tma_a, tma_mA, sA, tma_b, tma_mB, sB, barriers, stages: cutlass.Constexpr,
                       tx_bytes: cutlass.Constexpr, k_tiles: cutlass.Constexpr, row0, e, n_tile,
                       tile_mnk: cutlass.Constexpr, warp, consumer_warps: cutlass.Constexpr):
-    """TMA views of the placed tile, the full/empty-barrier ring (every consumer warp releases; with
-    ``a_multicast`` > 1 the ring is cluster-wide, its creation syncs the cluster), and warp 0
-    filling its first stages. Returns (ab_pipe, producer state, TMA partitions)."""
+    """TMA views of the placed tile, the full/empty-barrier ring of one CTA (every consumer warp
+    releases), and warp 0 filling its first stages. Returns (ab_pipe, producer state, TMA partitions)."""
     if warp == 0:
         cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
         cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
