@@ -87,10 +87,13 @@ def _sm90_mx_grouped_gemm_configs():
 
     def must_for(flags):
         if len(flags) > 8 and flags[8]:  # dense: no operand conversion, one 64x256 WGMMA shape, warp-specialized
-            # (persistent: the producer warp's registers go to the consumers; the weight tile multicast)
-            return ("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16", "cp.async.bulk.tensor",
-                    "setmaxnreg.inc.sync.aligned.u32", "setmaxnreg.dec.sync.aligned.u32", "bar.sync",
-                    "multicast::cluster")
+            # (persistent: the producer warp's registers go to the consumers; the weight tile multicast;
+            # the tile stored from registers, 16 bytes a lane after a quad transpose; FC1: z handed
+            # to the epilogue warps by named barriers, read back through L2)
+            dense = ("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16", "cp.async.bulk.tensor",
+                     "setmaxnreg.inc.sync.aligned.u32", "setmaxnreg.dec.sync.aligned.u32", "multicast::cluster",
+                     "shfl.sync.bfly", "st.global.v4.u32")
+            return dense + (("bar.sync", "bar.arrive", "ld.global.cg.v4.u32") if flags[0] else ())
         # bf16 tokens come by TMA alone: no generic-proxy smem writes to fence in the mainloop
         return tuple(m for m in must if len(flags) == 6 or m != "fence.proxy.async")
 

@@ -81,6 +81,23 @@ def ld_global_s32_pred(addr: Int64, pred, fallback, *, loc=None, ip=None) -> Int
 
 
 @dsl_user_op
+def ld_global_v4_pred(addr: Int64, pred, *, loc=None, ip=None):
+    """16-byte load through L2 only (``.cg``: data this CTA just stored), four zero words where
+    ``pred`` is false (no memory access then). Ordered like the barriers around it."""
+    res = _asm(
+        llvm.StructType.get_literal([T.i32()] * 4),
+        [Int64(addr), Int32(pred)],
+        "{ .reg .pred p; setp.ne.b32 p, $5, 0; mov.b32 $0, 0; mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0;\n"
+        "@p ld.global.cg.v4.u32 {$0, $1, $2, $3}, [$4]; }",
+        "=&r,=&r,=&r,=&r,l,r",
+        side_effects=True,
+        loc=loc,
+        ip=ip,
+    )
+    return _unpack(res, 4, loc, ip)
+
+
+@dsl_user_op
 def st_global(addr: Int64, vals, pred, *, loc=None, ip=None):
     """Predicated store of 1, 2 or 4 32-bit words."""
     n = len(vals)

@@ -8,7 +8,9 @@ WGMMAs), both from a 4-stage TMA ring, no conversion. Twice the weight bytes of 
 so only where each weight tile serves several token tiles (bench/RESULTS.md, sessions 7 and 9).
 
 - Persistent (one CTA per SM) and warp-specialized: a producer warp keeps the ring full while the
-  consumer warpgroups run the epilogue, which works straight from the accumulators.
+  consumer warpgroups store the tile straight from the accumulators; FC1 hands the SwiGLU and the
+  MXFP8 passes to the producer's three idle warps, so that the tensor cores wait only for the z
+  stores.
 - 2-CTA clusters take two token tiles of one expert and load their shared weight tile once (TMA
   multicast): the bf16 mainloop is bound by L2 -> SM bytes.
 """
@@ -23,14 +25,14 @@ import cutlass.cute as cute
 import cutlass.pipeline as pipeline
 import cutlass.utils.hopper_helpers as sm90_utils
 import torch
-from cutlass import BFloat16, Float32, Int32, Uint8
+from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
 
 from ..common.activation import swiglu_bf16x2
 from ..common.placement import TILE_TOKENS, find_expert
-from ..common.ptx import f32_to_bf16x2, st_shared
+from ..common.ptx import f32_to_bf16x2, ld_global_v4_pred, st_global, st_shared
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_BYTES as H_TILE_BYTES
-from .mx_grouped_gemm import GLU, THREADS, TILE_K, TILE_M, TILE_N, WARPGROUPS, MXGroupedGemmSm90Kernel, store_rows
+from .mx_grouped_gemm import GLU, THREADS, TILE_K, TILE_M, TILE_N, WARPGROUPS, MXGroupedGemmSm90Kernel
 from .parts import (banded_coords, grouped_tma_atoms, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16,
                     mma_partitions, null_stage, tma_tile_partitions, weight_tma_atom, wgmma_ss_consume)
 
@@ -38,11 +40,15 @@ DENSE_STAGES = 4  # 4 x 48 KB of bf16 tokens + weights
 # clusters of 2 CTAs on two token tiles of one expert (same N tile) load the weight tile once, by
 # TMA multicast (32 instead of 48 KB L2 -> SM per k-tile; the bf16 mainloop is bound by it)
 DENSE_CLUSTER = 2
-DENSE_CONSUMER_REGS = 232  # setmaxnreg: 2 x 128 x 232 + 128 x 40 = 384 x 168, the registers the launch gives
-DENSE_PRODUCER_REGS = 40
-# the consumers' setmaxnreg.inc waits for registers the producer freed: more than the launch's 168 per
-# thread in total and it waits forever
-assert WARPGROUPS * 128 * DENSE_CONSUMER_REGS + 128 * DENSE_PRODUCER_REGS <= (THREADS + 128) * 168
+# setmaxnreg: (consumer warpgroups, warpgroup 2) for FC2 / FC1. Warpgroup 2 is the producer warp,
+# plus FC1's SwiGLU epilogue on its other three warps (EPI_THREADS), which needs more registers.
+# ptxas allocates every path within the launch's 168 per thread (a fourth warpgroup, 128 per thread,
+# leaves too few for the 64x256 WGMMA), and the consumers' setmaxnreg.inc waits for registers
+# warpgroup 2 freed: asking for more than 384 x 168 in total waits forever.
+DENSE_REGS = {False: (232, 40), True: (200, 104)}
+EPI_THREADS = 96
+for _c, _p in DENSE_REGS.values():
+    assert WARPGROUPS * 128 * _c + 128 * _p <= (THREADS + 128) * 168
 
 
 class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
@@ -68,8 +74,7 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         class SharedStorage:
             sA: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(a_smem)], 1024]
             sB: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b_smem)], 1024]
-            # the epilogue's staging, apart from the ring (the producer refills it meanwhile): z / y
-            # in two 128-column halves, then the 128x128 h tile
+            # FC1's epilogue warpgroup stages the 128x128 h tile here for the MXFP8 passes
             sEpi: cute.struct.Align[cute.struct.MemRange[Uint8, H_TILE_BYTES], 128]
             bars: cute.struct.MemRange[cutlass.Int64, DENSE_STAGES * 2]
 
@@ -85,9 +90,10 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
                      probs: cute.Pointer, h: cute.Pointer, hq_row: cute.Pointer, hs_row: cute.Pointer,
                      hq_col: cute.Pointer, hs_col: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32,
                      tiled_mma: cute.TiledMma, a_smem: cute.ComposedLayout, b_smem: cute.ComposedLayout):
-        """Persistent and warp-specialized: warpgroups 0-1 multiply and run the epilogue, warp 8
-        (warpgroup 2) only issues TMA loads, so the ring refills for the next tile while the
-        consumers store this one.
+        """Persistent and warp-specialized: warpgroups 0-1 multiply and store the tile from the
+        accumulators, warp 8 (warpgroup 2) only issues TMA loads, so the ring refills for the next
+        tile meanwhile. FC1: warps 9-11 compute h from the stored bf16 z and run the MXFP8 passes
+        while the consumers go on to the next tile (``epilogue_swiglu``).
 
         The two CTAs of a cluster take two consecutive 128-token tiles of one expert with the same N
         tile, a *unit*, and share its weight tile: each loads half and multicasts it (the mainloop is
@@ -104,9 +110,15 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         storage = cutlass.memory.SmemAllocator().allocate(self.shared_storage)
         sA = storage.sA.get_tensor(a_smem.outer, swizzle=a_smem.inner)
         sB = storage.sB.get_tensor(b_smem.outer, swizzle=b_smem.inner)
-        # all 384 threads: barrier init (cluster-wide)
+        # all threads: barrier init (cluster-wide)
         ab_pipe = make_ab_pipeline(storage.bars.data_ptr(), DENSE_STAGES, (TILE_M + TILE_N) * TILE_K * 2,
                                    THREADS // 32, DENSE_CLUSTER)
+        consumer_regs, producer_regs = DENSE_REGS[self.swiglu]
+        # FC1's hand-off of a stored z tile to the epilogue warps (named barriers, consumers + epilogue
+        # warps): "full" once the consumers stored it, "taken" once the epilogue warps started on the
+        # one before (z is in global memory: no buffer to wait for)
+        z_full = pipeline.NamedBarrier(barrier_id=2, num_threads=THREADS + EPI_THREADS)
+        z_taken = pipeline.NamedBarrier(barrier_id=3, num_threads=THREADS + EPI_THREADS)
         n_tiles = self.n // TILE_N
         pair = 2 * TILE_TOKENS
         units = (tokens + pair - 1) // pair + num_experts - 1
@@ -114,7 +126,7 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         grid, _, _ = cute.arch.grid_dim()
         rank = bx % DENSE_CLUSTER
         if warp >= THREADS // 32:
-            cute.arch.setmaxregister_decrease(DENSE_PRODUCER_REGS)
+            cute.arch.setmaxregister_decrease(producer_regs)
             if warp == THREADS // 32:
                 cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
                 cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
@@ -143,8 +155,20 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
                     u += grid // DENSE_CLUSTER
                 # the consumers' last releases (the peer CTA's too) have landed before this CTA exits
                 ab_pipe.producer_tail(prod)
+            elif cutlass.const_expr(self.swiglu):
+                z_taken.arrive()  # nothing taken yet: the consumers' first hand-off goes through
+                u = bx // DENSE_CLUSTER
+                while u < units * n_tiles:
+                    n_tile, e, row0, rows, first_rows, shared_b, tile, has_tile = self.dense_unit(
+                        offsets, num_experts, num_tiles, u, n_tiles, units, rank, lane)
+                    if has_tile:
+                        z_full.arrive_and_wait()
+                        z_taken.arrive()
+                        self.epilogue_swiglu(storage.sEpi.data_ptr().toint(), out, probs, h, hq_row, hs_row, hq_col,
+                                             hs_col, tile, n_tile, row0, rows, num_tiles, tidx - THREADS - 32)
+                    u += grid // DENSE_CLUSTER
         else:
-            cute.arch.setmaxregister_increase(DENSE_CONSUMER_REGS)
+            cute.arch.setmaxregister_increase(consumer_regs)
             _, tCrA, tCrB, acc, k_blocks = mma_partitions(tiled_mma, sA, sB, tidx, (TILE_M, TILE_N))
             tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
             read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, DENSE_STAGES)
@@ -154,16 +178,21 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
                     offsets, num_experts, num_tiles, u, n_tiles, units, rank, lane)
                 if rows > 0:
                     read = wgmma_ss_consume(tiled_mma, acc, tCrA, tCrB, k_blocks, ab_pipe, read, self.k_tiles)
+                    store_acc_rows(acc, out, self.n, n_tile, row0, rows, tidx)
                 elif first_rows > 0:
                     # the peer's tile: pass its stages through (released in both CTAs), no math
                     for kt in cutlass.range(self.k_tiles, unroll=1):
                         ab_pipe.consumer_wait(read)
                         ab_pipe.consumer_release(read)
                         read.advance()
-                if has_tile:
-                    self.epilogue_dense(acc, storage.sEpi.data_ptr().toint(), out, probs, h, hq_row, hs_row, hq_col,
-                                        hs_col, tile, n_tile, row0, rows, num_tiles, tidx)
+                if cutlass.const_expr(self.swiglu):
+                    if has_tile:  # (gap tiles too: they write h's padding scale codes)
+                        cute.arch.fence_acq_rel_cta()  # the z stores, before the epilogue warps' loads
+                        z_taken.arrive_and_wait()
+                        z_full.arrive()
                 u += grid // DENSE_CLUSTER
+            if cutlass.const_expr(self.swiglu):
+                z_taken.arrive_and_wait()  # the epilogue warps' last "taken"
         # the peer CTA's consumers arrive on this CTA's empty barriers until they are done
         cute.arch.cluster_arrive()
         cute.arch.cluster_wait()
@@ -187,61 +216,75 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         return n_tile, e, tok0 + TILE_TOKENS * local, rows, first_rows, second_rows > 0, tile, has_tile
 
     @cute.jit
-    def epilogue_dense(self, acc, epi: Int32, out, probs, h, hq_row, hs_row, hq_col, hs_col, tile, n_tile, row0, rows,
-                       num_tiles, tidx):
-        """The dense tile's epilogue, straight from the accumulators: thread (warpgroup g, warp w,
-        lane l) holds rows 64g + 16w + l/4 (+8) at columns 8j + 2(l%4) (+1), j < 32 (accumulator
-        index 4j + 2i + c), so a gate column and its up partner 32 later are in the same thread.
-        z / y: bf16 words -> the staging buffer, one 128-column half at a time -> 16-byte stores of
-        the expert's rows. FC1: h = p * silu(g) * u from the same bf16 words (the reference's
-        order, as in :meth:`swiglu_epilogue`), staged as the quantize kernel's 128x128 tile, then the
-        shared tile passes (warpgroup 0 rowwise, warpgroup 1 columnwise). Only the consumer
-        warpgroups take part: their own named barrier, never ``sync_threads``."""
-        bar = pipeline.NamedBarrier(barrier_id=1, num_threads=THREADS)
-        lane = tidx % 32
-        r_top = 64 * (tidx // 128) + 16 * ((tidx // 32) % 4) + lane // 4
-        cw = 2 * (lane % 4)
-        # the previous tile's readers of the staging buffer are done
-        bar.arrive_and_wait()
+    def epilogue_swiglu(self, h_stage: Int32, z, probs, h, hq_row, hs_row, hq_col, hs_col, tile, n_tile, row0, rows,
+                        num_tiles, tid):
+        """FC1's epilogue warps (``tid`` < EPI_THREADS) on a stored z tile: h = p * silu(g) * u from
+        z's bf16 values (the reference's order, :func:`swiglu_bf16x2`), staged as the quantize
+        kernel's 128x128 tile (zeros past ``rows``), then bf16 h and the shared 128-thread tile
+        passes, each thread standing in for threads ``tid``, ``tid + EPI_THREADS``.. of them. A warp
+        takes 8-row groups, a lane 8 columns of each gate/up block (a quad loads 64 contiguous
+        bytes of a row); their own named barrier."""
+        bar = pipeline.NamedBarrier(barrier_id=1, num_threads=EPI_THREADS)
+        q = tid % 4
+        bar.arrive_and_wait()  # the previous tile's passes are done reading the staged h
         if rows > 0:
-            # (plain names: a value assigned under a runtime branch must be a variable, not a list item)
-            p0 = Float32(1.0)
-            p1 = Float32(1.0)
-            if cutlass.const_expr(self.with_probs):
-                if r_top < rows:
-                    p0 = cute.make_tensor(probs + (row0 + r_top), cute.make_layout(1))[0]
-                if r_top + 8 < rows:
-                    p1 = cute.make_tensor(probs + (row0 + r_top + 8), cute.make_layout(1))[0]
-            p = [p0, p1] if self.with_probs else [None, None]
-            hw = [[None] * (TILE_N // 16) for _ in range(2)]
-            # a half at a time (bf16 words of 16 column groups per row): fewer live registers next
-            # to the accumulators; its two gate/up pairs give h words kept until the z halves are out
-            for half in cutlass.range_constexpr(2):
-                zw = [[f32_to_bf16x2(acc[4 * j + 2 * i], acc[4 * j + 2 * i + 1])
-                       for j in range(16 * half, 16 * half + 16)] for i in range(2)]
-                for i in cutlass.range_constexpr(2):
-                    for j in cutlass.range_constexpr(16):
-                        st_shared(epi + (r_top + 8 * i) * H_ROW_BYTES + (8 * j + cw) * 2, [zw[i][j]])
-                if cutlass.const_expr(self.swiglu):
-                    for i in cutlass.range_constexpr(2):
-                        for pp in cutlass.range_constexpr(2):
-                            hw[i][8 * half + 4 * pp: 8 * half + 4 * pp + 4] = swiglu_bf16x2(
-                                zw[i][8 * pp: 8 * pp + 4], zw[i][8 * pp + 4: 8 * pp + 8], p[i], r_top + 8 * i < rows)
-                bar.arrive_and_wait()
-                store_rows(out, self.n, n_tile * TILE_N + 128 * half, 128, epi, H_ROW_BYTES, row0, rows, tidx)
-                bar.arrive_and_wait()
-            if cutlass.const_expr(self.swiglu):
-                # h word (pair, j) holds h columns GLU * pair + 8 j + cw (+1)
-                for i in cutlass.range_constexpr(2):
-                    for w in cutlass.range_constexpr(TILE_N // 16):
-                        st_shared(epi + (r_top + 8 * i) * H_ROW_BYTES + (GLU * (w // 4) + 8 * (w % 4) + cw) * 2,
-                                  [hw[i][w]])
-        if cutlass.const_expr(self.swiglu):
-            bar.arrive_and_wait()
+            for g in cutlass.range(tid // 32, TILE_M // 8, EPI_THREADS // 32, unroll=1):
+                r = 8 * g + (tid % 32) // 4
+                ok = r < rows
+                p = None
+                if cutlass.const_expr(self.with_probs):
+                    p = Float32(0.0)
+                    if ok:
+                        p = cute.make_tensor(probs + (row0 + r), cute.make_layout(1))[0]
+                src = z.toint() + (Int64(row0 + r) * self.n + n_tile * TILE_N + 8 * q) * 2
+                words = [ld_global_v4_pred(src + 4 * GLU * c + 2 * GLU * up, ok) for c in range(4) for up in range(2)]
+                for c in cutlass.range_constexpr(4):
+                    st_shared(h_stage + r * H_ROW_BYTES + (GLU * c + 8 * q) * 2,
+                              swiglu_bf16x2(words[2 * c], words[2 * c + 1], p, ok))
+        bar.arrive_and_wait()
+        for v in cutlass.range(tid, 128, EPI_THREADS, unroll=1):
             if cutlass.const_expr(self.h_bf16):
                 if rows > 0:
-                    self.store_h_bf16(h, epi, row0, rows, n_tile, tidx)
-            self.quantize_h(epi, hq_row, hs_row, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, tidx)
+                    self.store_h_bf16(h, h_stage, row0, rows, n_tile, v, 128)
+            self.quantize_h(h_stage, hq_row, hs_row, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, v, True)
+
+
+@cute.jit
+def quad_transpose(w: list, q) -> list:
+    """4 words per lane of a quad (lane ``q`` = lane % 4 holds word b of 4 groups) -> lane q holds
+    group q's 4 words, lane order: two butterfly rounds (xor 2, then xor 1), each swapping the
+    off-diagonal half of a 2x2 block of words."""
+    for bit in cutlass.range_constexpr(2):
+        m = 2 >> bit  # lane mask of this round; word j's partner is word j ^ m
+        hi = (q & m) != 0
+        out = list(w)
+        for j in cutlass.range_constexpr(4):
+            if cutlass.const_expr(j & m == 0):
+                # lanes without bit m send their words j ^ m and take the partner's j into them
+                send = Uint32(cutlass.select_(hi, w[j], w[j ^ m]))
+                got = Uint32(cute.arch.shuffle_sync_bfly(send, offset=m))
+                out[j] = Uint32(cutlass.select_(hi, got, w[j]))
+                out[j ^ m] = Uint32(cutlass.select_(hi, w[j ^ m], got))
+        w = out
+    return w
+
+
+@cute.jit
+def store_acc_rows(acc, dst: cute.Pointer, dst_cols: cutlass.Constexpr, n_tile, row0, rows, tidx):
+    """The 128x256 fp32 tile in WGMMA's accumulator layout -> bf16 rows ``row0 .. row0+rows-1`` of
+    ``dst`` [T, dst_cols], columns of N tile ``n_tile``, straight from registers. Thread (warpgroup g,
+    warp w, lane l) holds rows 64g + 16w + l/4 (+8) at columns 8j + 2(l%4) (+1), j < 32 (accumulator
+    index 4j + 2i + c); a quad transpose gives each lane 8 contiguous columns, so a warp's store
+    covers 64 contiguous bytes of 8 rows. Rows past ``rows`` belong to the next expert: not written."""
+    lane = tidx % 32
+    q = lane % 4
+    r_top = 64 * (tidx // 128) + 16 * ((tidx // 32) % 4) + lane // 4
+    for i in cutlass.range_constexpr(2):
+        r = r_top + 8 * i
+        base = dst.toint() + (Int64(row0 + r) * dst_cols + n_tile * TILE_N + 8 * q) * 2
+        for jb in cutlass.range_constexpr(TILE_N // 32):
+            words = [f32_to_bf16x2(acc[4 * j + 2 * i], acc[4 * j + 2 * i + 1]) for j in range(4 * jb, 4 * jb + 4)]
+            st_global(base + 64 * jb, quad_transpose(words, q), r < rows)
 
 
 @functools.lru_cache(maxsize=None)

@@ -207,20 +207,21 @@ class MXGroupedGemmSm90Kernel:
             self.quantize_h(h_stage, hq_row, hs_row, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, tidx)
 
     @cute.jit
-    def quantize_h(self, h_stage, hq_row, hs_row, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, tidx):
+    def quantize_h(self, h_stage, hq_row, hs_row, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, tidx,
+                   one_warpgroup: cutlass.Constexpr = False):
         """The staged h tile -> MXFP8 (as asked): warpgroup 0 rowwise, warpgroup 1 columnwise, at
-        the same time. Every placed tile, gap tiles included, writes its scale bytes (padding codes
-        for rows it does not hold); with rows == 0 nothing else is stored and the staged bytes are
-        unused."""
+        the same time (``one_warpgroup``: both passes, one after the other, by threads ``tidx`` <
+        128). Every placed tile, gap tiles included, writes its scale bytes (padding codes for rows
+        it does not hold); with rows == 0 nothing else is stored and the staged bytes are unused."""
         if cutlass.const_expr(self.h_row or self.h_col or self.h_dequant):
-            wg = tidx // 128
+            wg = 0 if one_warpgroup else tidx // 128
             if wg == 0:
                 if cutlass.const_expr(self.h_row or self.h_dequant):
                     quantize_tile_rowwise(h_stage, hq_row, hs_row, tile, n_tile, row0, rows, tidx, self.hidden,
                                           self.swizzled, self.h_dequant)
-            else:
+            if wg == 1 or one_warpgroup:
                 if cutlass.const_expr(self.h_col):
-                    quantize_tile_colwise(h_stage, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, tidx - 128,
+                    quantize_tile_colwise(h_stage, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, tidx % 128,
                                           self.hidden, True, self.swizzled)
 
     # ---- pieces both mainloops use, in the order data flows: TMA, then the WGMMA operands
@@ -478,22 +479,22 @@ class MXGroupedGemmSm90Kernel:
             self.store_h_bf16(h, h_stage, row0, rows, n_tile, tidx)
 
     @cute.jit
-    def store_h_bf16(self, h, h_stage, row0, rows, n_tile, tidx):
+    def store_h_bf16(self, h, h_stage, row0, rows, n_tile, tidx, threads: cutlass.Constexpr = THREADS):
         """The staged 128x128 h tile -> the expert's rows of bf16 ``h`` [T, N/2] (16-byte stores)."""
-        store_rows(h, self.hidden, n_tile * H_TILE_COLS, H_TILE_COLS, h_stage, H_ROW_BYTES, row0, rows, tidx)
+        store_rows(h, self.hidden, n_tile * H_TILE_COLS, H_TILE_COLS, h_stage, H_ROW_BYTES, row0, rows, tidx, threads)
 
 
 @cute.jit
 def store_rows(dst: cute.Pointer, dst_cols: cutlass.Constexpr, col0, cols: cutlass.Constexpr, stage: Int32,
-               stage_row_bytes: cutlass.Constexpr, row0, rows, tidx):
+               stage_row_bytes: cutlass.Constexpr, row0, rows, tidx, threads: cutlass.Constexpr = THREADS):
     """A staged bf16 tile (TILE_M rows ``stage_row_bytes`` apart, ``cols`` columns) -> rows ``row0 ..
-    row0 + rows - 1``, columns ``col0 ..`` of ``dst`` [T, dst_cols], by 16-byte stores of all the
-    CTA's THREADS threads; rows past ``rows`` belong to the next expert and are not written."""
+    row0 + rows - 1``, columns ``col0 ..`` of ``dst`` [T, dst_cols], by 16-byte stores of ``threads``
+    threads (``tidx`` < threads); rows past ``rows`` belong to the next expert and are not written."""
     per_row = cols * 2 // 16  # 16-byte chunks per row
     ch = tidx % per_row
     base = dst.toint() + (Int64(row0) * dst_cols + col0 + ch * 8) * 2
-    for q in cutlass.range_constexpr(TILE_M * per_row // THREADS):
-        r = tidx // per_row + q * (THREADS // per_row)
+    for q in cutlass.range_constexpr(TILE_M * per_row // threads):
+        r = tidx // per_row + q * (threads // per_row)
         st_global(base + Int64(r) * (dst_cols * 2), ld_shared(stage + r * stage_row_bytes + ch * 16, 4), r < rows)
 
 
