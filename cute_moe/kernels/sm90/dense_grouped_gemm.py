@@ -40,6 +40,10 @@ DENSE_STAGES = 4  # 4 x 48 KB of bf16 tokens + weights
 # clusters of 2 CTAs on two token tiles of one expert (same N tile) load the weight tile once, by
 # TMA multicast (32 instead of 48 KB L2 -> SM per k-tile; the bf16 mainloop is bound by it)
 DENSE_CLUSTER = 2
+# units in launch order sweep bands of 16 N tiles (parts.banded_coords; the swapped kernel's 8): on
+# the H200, 16 beat 2 / 4 / 8 / 24 / 32 for FC1 and FC2 of dsv3 and mixtral (bench/RESULTS.md,
+# session 10: an L2 hit rate of 46% at 8 made the mainloop wait for its stages)
+DENSE_RASTER_BAND = 16
 # setmaxnreg: (consumer warpgroups, warpgroup 2) for FC2 / FC1. Warpgroup 2 is the producer warp,
 # plus FC1's SwiGLU epilogue on its other three warps (EPI_THREADS), which needs more registers.
 # ptxas allocates every path within the launch's 168 per thread (a fourth warpgroup, 128 per thread,
@@ -203,7 +207,7 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         unit's first tile's rows, whether the weight tile is shared (both tiles hold tokens), the
         placed 128-token tile, whether that tile exists (gap tiles do; a pair's second slot past
         the expert's placed tiles does not)). Warp-uniform."""
-        n_tile, pair_idx = banded_coords(u, n_tiles, units)
+        n_tile, pair_idx = banded_coords(u, n_tiles, units, DENSE_RASTER_BAND)
         e, tok0, tok1 = find_expert(offsets, num_experts, pair_idx, lane, 2 * TILE_TOKENS)
         local = 2 * (pair_idx - (tok0 // (2 * TILE_TOKENS) + e)) + rank
         first = tok0 // TILE_TOKENS + e

@@ -51,17 +51,18 @@ RASTER_BAND = 8  # N tiles per band of the launch order (see banded_coords)
 
 
 @cute.jit
-def banded_coords(linear, n_tiles, tiles):
+def banded_coords(linear, n_tiles, tiles, band_width: cutlass.Constexpr = RASTER_BAND):
     """(N tile, placed tile) of launch-order position ``linear`` over (N tiles, placed tiles): bands of
-    RASTER_BAND N tiles, N tile fastest, sweeping all placed tiles within a band. CTAs in flight
+    ``band_width`` N tiles, N tile fastest, sweeping all placed tiles within a band. CTAs in flight
     together then share a few weight tiles and a few token tiles in L2; in plain grid order (N tile
     fastest over all of N) a wave streams an expert's whole weight matrix for one or two token
     tiles, and large experts (mixtral's 28672 x 4096) re-read their weights from HBM for every
-    token tile. (The dense kernel walks its units of two token tiles the same way.)"""
-    band = linear // (RASTER_BAND * tiles)
-    width = cutlass.min(n_tiles - band * RASTER_BAND, RASTER_BAND)
-    idx = linear - band * (RASTER_BAND * tiles)
-    return band * RASTER_BAND + idx % width, idx // width
+    token tile. (The dense kernel walks its units of two token tiles the same way, in bands of
+    ``band_width`` N tiles.)"""
+    band = linear // (band_width * tiles)
+    width = cutlass.min(n_tiles - band * band_width, band_width)
+    idx = linear - band * (band_width * tiles)
+    return band * band_width + idx % width, idx // width
 
 
 @cute.jit
