@@ -7,6 +7,8 @@ abs-max on bf16 bit patterns (NaN-propagating, which ``max.f32`` is not).
 
 from __future__ import annotations
 
+import cutlass
+import cutlass.cute as cute
 from cutlass import Float32, Int32, Int64, Uint32
 from cutlass._mlir.dialects import llvm
 from cutlass.cutlass_dsl import T, dsl_user_op
@@ -310,3 +312,25 @@ def bf16x2_to_f32(w, *, loc=None, ip=None):
 def f32_to_bf16x2(lo, hi, *, loc=None, ip=None) -> Uint32:
     """RN bf16 pair (``lo`` in the low half)."""
     return Uint32(_asm(T.i32(), [Float32(lo), Float32(hi)], "cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,f,f", loc=loc, ip=ip))
+
+
+@cute.jit
+def quad_transpose(w: list, q, lane_stride: cutlass.Constexpr = 1) -> list:
+    """A 4x4 transpose of words across 4 lanes ``lane_stride`` apart (``q`` = the lane's index
+    among them): lane q's word b becomes lane b's word q, so 4 words of one group, scattered over
+    the lanes, end up in one lane in lane order (16 contiguous bytes to store). Two butterfly
+    rounds (lanes 2 apart, then 1, in units of ``lane_stride``), each swapping the off-diagonal
+    half of a 2x2 block of words."""
+    for bit in cutlass.range_constexpr(2):
+        m = 2 >> bit  # index bit of this round; word j's partner is word j ^ m
+        hi = (q & m) != 0
+        out = list(w)
+        for j in cutlass.range_constexpr(4):
+            if cutlass.const_expr(j & m == 0):
+                # lanes without bit m send their words j ^ m and take the partner's j into them
+                send = Uint32(cutlass.select_(hi, w[j], w[j ^ m]))
+                got = Uint32(cute.arch.shuffle_sync_bfly(send, offset=m * lane_stride))
+                out[j] = Uint32(cutlass.select_(hi, got, w[j]))
+                out[j ^ m] = Uint32(cutlass.select_(hi, w[j ^ m], got))
+        w = out
+    return w

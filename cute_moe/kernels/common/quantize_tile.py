@@ -28,6 +28,7 @@ from .ptx import (
     e8m0_scale,
     halves_max,
     ld_shared,
+    quad_transpose,
     st_global,
     st_global_u8,
     swizzle_offset,
@@ -84,12 +85,14 @@ def _rowwise_row(stage, q_row, s_row, tile, cblk, row0, rows, tid, p: cutlass.Co
     q = bf16_to_e4m3(w, [sbits] * 8)
     row_ok = r < rows
     if cutlass.const_expr(dequant):
-        # the thread's 8 columns are pairs (c, s, h) = (j // 2, 2 (j % 2) + i // 2, i % 2), i < 4
+        # thread j = ch % 8 of a 64-column tile holds columns 8j.., i.e. (c, s, h) = (j // 2,
+        # 2 (j % 2) + i // 2, i % 2) for its pairs i < 4, bound for bytes 64 (j % 2) + 16 i + 4 c.
+        # Transposing the pairs of the 4 threads of one parity gives each thread 16 contiguous
+        # bytes: one full-sector store instead of four 4-byte ones.
         j = ch % 8
-        v = e4m3_to_bf16_scaled(q, code)
-        base = q_row.toint() + (Int64(row0 + r) * cols + Int64(col - 8 * j)) * 2 + (j // 2) * 4 + (j % 2) * 64
-        for i in cutlass.range_constexpr(4):
-            st_global(base + 32 * (i // 2) + 16 * (i % 2), [v[i]], row_ok & col_ok)
+        v = quad_transpose(e4m3_to_bf16_scaled(q, code), j // 2, 2)
+        dst = q_row.toint() + (Int64(row0 + r) * cols + Int64(col - 8 * j)) * 2 + 64 * (j % 2) + 16 * (j // 2)
+        st_global(dst, v, row_ok & col_ok)
     else:
         st_global(q_row.toint() + Int64(row0 + r) * cols + Int64(col), q, row_ok & col_ok)
         if cutlass.const_expr(swizzled):

@@ -30,12 +30,13 @@ from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
 
 from ..common.activation import swiglu_bf16x2
 from ..common.placement import TILE_TOKENS, find_expert
-from ..common.ptx import f32_to_bf16x2, ld_global_v4_pred, st_global, st_shared
+from ..common.ptx import f32_to_bf16x2, ld_global_v4_pred, quad_transpose, st_global, st_shared
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_BYTES as H_TILE_BYTES
 from .mx_grouped_gemm import GLU, THREADS, TILE_K, TILE_M, TILE_N, WARPGROUPS, MXGroupedGemmSm90Kernel
-from .parts import (banded_coords, grouped_tma_atoms, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16,
-                    mma_partitions, null_stage, tma_tile_partitions, weight_tma_atom, wgmma_ss_consume)
+from .parts import (banded_coords, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16,
+                    mma_partitions, tma_tile_partitions, token_tma_atom, weight_tma_atom,
+                    wgmma_ss_consume)
 
 DENSE_STAGES = 4  # 4 x 48 KB of bf16 tokens + weights
 # clusters of 2 CTAs on two token tiles of one expert (same N tile) load the weight tile once, by
@@ -70,10 +71,9 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         a_smem = sm90_utils.make_smem_layout_a(row_major, self.tile_mnk, BFloat16, DENSE_STAGES)
         b_smem = sm90_utils.make_smem_layout_b(row_major, self.tile_mnk, BFloat16, DENSE_STAGES)
         mma = make_tiled_mma_bf16(WARPGROUPS, TILE_N)
-        b_stage = cute.slice_(b_smem, (None, None, 0))
-        tma_a, tma_mA, tma_b, tma_mB = grouped_tma_atoms(
-            a, b, tokens, num_experts, self.n, self.k, cute.slice_(a_smem, (None, None, 0)), b_stage, self.tile_mnk)
-        tma_b_mc, tma_mB_mc = weight_tma_atom(b, self.n, self.k, num_experts, b_stage, TILE_N, TILE_K, DENSE_CLUSTER)
+        tma_a, tma_mA = token_tma_atom(a, tokens, self.k, cute.slice_(a_smem, (None, None, 0)), TILE_M, TILE_K)
+        tma_b, tma_mB = weight_tma_atom(b, self.n, self.k, num_experts, cute.slice_(b_smem, (None, None, 0)),
+                                              TILE_N, TILE_K, DENSE_CLUSTER)
 
         @cute.struct
         class SharedStorage:
@@ -84,15 +84,14 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
             bars: cute.struct.MemRange[cutlass.Int64, DENSE_STAGES * 2]
 
         self.shared_storage = SharedStorage
-        self.kernel_dense(tma_a, tma_mA, tma_b, tma_mB, tma_b_mc, tma_mB_mc, offsets, out, probs, h, hq_row, hs_row,
+        self.kernel_dense(tma_a, tma_mA, tma_b, tma_mB, offsets, out, probs, h, hq_row, hs_row,
                           hq_col, hs_col, tokens, num_experts, num_tiles, mma, a_smem, b_smem).launch(
             grid=[ctas, 1, 1], block=[THREADS + 128, 1, 1], cluster=[DENSE_CLUSTER, 1, 1], stream=stream,
             min_blocks_per_mp=1)
 
     @cute.kernel
     def kernel_dense(self, tma_a: cute.CopyAtom, tma_mA: cute.Tensor, tma_b: cute.CopyAtom, tma_mB: cute.Tensor,
-                     tma_b_mc: cute.CopyAtom, tma_mB_mc: cute.Tensor, offsets: cute.Pointer, out: cute.Pointer,
-                     probs: cute.Pointer, h: cute.Pointer, hq_row: cute.Pointer, hs_row: cute.Pointer,
+                     offsets: cute.Pointer, out: cute.Pointer, probs: cute.Pointer, h: cute.Pointer, hq_row: cute.Pointer, hs_row: cute.Pointer,
                      hq_col: cute.Pointer, hs_col: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32,
                      tiled_mma: cute.TiledMma, a_smem: cute.ComposedLayout, b_smem: cute.ComposedLayout):
         """Persistent and warp-specialized: warpgroups 0-1 multiply and store the tile from the
@@ -106,9 +105,11 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         placement of 256-token pairs (expert e's start at ``offsets[e] // 256 + e``), so a pair never
         straddles two experts and covers every placed 128-token tile, gap tiles included, exactly
         once; clusters walk them in launch order (``banded_coords``) with a stride of the cluster
-        count. When only the first tile of a unit holds tokens, it loads the whole weight tile alone
-        and the peer completes empty stages (``null_stage``): both rings stay in step, since every
-        consumer warp releases each stage in both CTAs."""
+        count. When only the first tile of a unit holds tokens, the peer still loads its half of the
+        weight tile (and a token tile it does not use) and its consumers release the stages unread:
+        every CTA's ring sees the same stages, and every consumer warp releases each of them in both
+        CTAs. (Clusters of 4, session 11, read 24 KB per k-tile, but only 30 fit on the H200's 132
+        SMs: 5% slower.)"""
         tidx, _, _ = cute.arch.thread_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         lane = tidx % 32
@@ -125,8 +126,8 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         z_full = pipeline.NamedBarrier(barrier_id=2, num_threads=THREADS + EPI_THREADS)
         z_taken = pipeline.NamedBarrier(barrier_id=3, num_threads=THREADS + EPI_THREADS)
         n_tiles = self.n // TILE_N
-        pair = 2 * TILE_TOKENS
-        units = (tokens + pair - 1) // pair + num_experts - 1
+        group = DENSE_CLUSTER * TILE_TOKENS
+        units = (tokens + group - 1) // group + num_experts - 1
         bx, _, _ = cute.arch.block_idx()
         grid, _, _ = cute.arch.grid_dim()
         rank = bx % DENSE_CLUSTER
@@ -135,27 +136,18 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
             if warp == THREADS // 32:
                 cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
                 cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
-                cute.nvgpu.cpasync.prefetch_descriptor(tma_b_mc)
                 prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, DENSE_STAGES)
                 u = bx // DENSE_CLUSTER
                 while u < units * n_tiles:
-                    n_tile, e, row0, rows, first_rows, shared_b, tile, has_tile = self.dense_unit(
+                    n_tile, e, row0, rows, first_rows, tile, has_tile = self.dense_unit(
                         offsets, num_experts, num_tiles, u, n_tiles, units, rank, lane)
-                    if shared_b:
-                        parts = tma_tile_partitions(tma_a, tma_mA, sA, tma_b_mc, tma_mB_mc, sB, row0, e, n_tile,
+                    if first_rows > 0:
+                        # every CTA of the unit loads its share of the weight tile for all of them,
+                        # and its token tile (an empty one past the expert's tokens: read, unused)
+                        parts = tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile,
                                                     self.tile_mnk, DENSE_CLUSTER)
                         for kt in cutlass.range(self.k_tiles, unroll=1):
-                            load_ab_stage(ab_pipe, prod, tma_a, tma_b_mc, parts, kt, DENSE_CLUSTER)
-                            prod.advance()
-                    elif rows > 0:
-                        parts = tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile,
-                                                    self.tile_mnk)
-                        for kt in cutlass.range(self.k_tiles, unroll=1):
-                            load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts, kt)
-                            prod.advance()
-                    elif first_rows > 0:
-                        for kt in cutlass.range(self.k_tiles, unroll=1):
-                            null_stage(ab_pipe, prod)
+                            load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts, kt, DENSE_CLUSTER)
                             prod.advance()
                     u += grid // DENSE_CLUSTER
                 # the consumers' last releases (the peer CTA's too) have landed before this CTA exits
@@ -164,7 +156,7 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
                 z_taken.arrive()  # nothing taken yet: the consumers' first hand-off goes through
                 u = bx // DENSE_CLUSTER
                 while u < units * n_tiles:
-                    n_tile, e, row0, rows, first_rows, shared_b, tile, has_tile = self.dense_unit(
+                    n_tile, e, row0, rows, first_rows, tile, has_tile = self.dense_unit(
                         offsets, num_experts, num_tiles, u, n_tiles, units, rank, lane)
                     if has_tile:
                         z_full.arrive_and_wait()
@@ -179,7 +171,7 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
             read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, DENSE_STAGES)
             u = bx // DENSE_CLUSTER
             while u < units * n_tiles:
-                n_tile, e, row0, rows, first_rows, shared_b, tile, has_tile = self.dense_unit(
+                n_tile, e, row0, rows, first_rows, tile, has_tile = self.dense_unit(
                     offsets, num_experts, num_tiles, u, n_tiles, units, rank, lane)
                 if rows > 0:
                     read = wgmma_ss_consume(tiled_mma, acc, tCrA, tCrB, k_blocks, ab_pipe, read, self.k_tiles)
@@ -205,20 +197,19 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
     @cute.jit
     def dense_unit(self, offsets, num_experts, num_tiles, u, n_tiles, units, rank, lane):
         """Unit ``u`` in launch order -> this CTA's share: (N tile, expert, first token, rows, the
-        unit's first tile's rows, whether the weight tile is shared (both tiles hold tokens), the
-        placed 128-token tile, whether that tile exists (gap tiles do; a pair's second slot past
-        the expert's placed tiles does not)). Warp-uniform."""
-        n_tile, pair_idx = banded_coords(u, n_tiles, units, DENSE_RASTER_BAND)
-        e, tok0, tok1 = find_expert(offsets, num_experts, pair_idx, lane, 2 * TILE_TOKENS)
-        local = 2 * (pair_idx - (tok0 // (2 * TILE_TOKENS) + e)) + rank
-        first = tok0 // TILE_TOKENS + e
-        tile = first + local
+        unit's first tile's rows (0: nothing to compute, no CTA of the cluster loads), the placed
+        128-token tile, whether that tile exists (gap tiles do; a slot past the expert's placed
+        tiles does not)). Warp-uniform."""
+        group = DENSE_CLUSTER * TILE_TOKENS
+        n_tile, unit_idx = banded_coords(u, n_tiles, units, DENSE_RASTER_BAND)
+        e, tok0, tok1 = find_expert(offsets, num_experts, unit_idx, lane, group)
+        first_local = DENSE_CLUSTER * (unit_idx - (tok0 // group + e))
+        local = first_local + rank
+        tile = tok0 // TILE_TOKENS + e + local
         has_tile = (tile < tok1 // TILE_TOKENS + e + 1) & (tile < num_tiles)
-        first_rows = cutlass.max(cutlass.min(tok1 - tok0 - TILE_TOKENS * (local - rank), Int32(TILE_TOKENS)), Int32(0))
-        second_rows = cutlass.max(cutlass.min(tok1 - tok0 - TILE_TOKENS * (local - rank + 1), Int32(TILE_TOKENS)),
-                                  Int32(0))
-        rows = cutlass.select_(rank == 0, first_rows, second_rows)
-        return n_tile, e, tok0 + TILE_TOKENS * local, rows, first_rows, second_rows > 0, tile, has_tile
+        first_rows = cutlass.max(cutlass.min(tok1 - tok0 - TILE_TOKENS * first_local, Int32(TILE_TOKENS)), Int32(0))
+        rows = cutlass.max(cutlass.min(tok1 - tok0 - TILE_TOKENS * local, Int32(TILE_TOKENS)), Int32(0))
+        return n_tile, e, tok0 + TILE_TOKENS * local, rows, first_rows, tile, has_tile
 
     @cute.jit
     def epilogue_swiglu(self, h_stage: Int32, z, probs, h, hq_row, hs_row, hq_col, hs_col, tile, n_tile, row0, rows,
@@ -252,26 +243,6 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
                 if rows > 0:
                     self.store_h_bf16(h, h_stage, row0, rows, n_tile, v, 128)
             self.quantize_h(h_stage, hq_row, hs_row, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, v, True)
-
-
-@cute.jit
-def quad_transpose(w: list, q) -> list:
-    """4 words per lane of a quad (lane ``q`` = lane % 4 holds word b of 4 groups) -> lane q holds
-    group q's 4 words, lane order: two butterfly rounds (xor 2, then xor 1), each swapping the
-    off-diagonal half of a 2x2 block of words."""
-    for bit in cutlass.range_constexpr(2):
-        m = 2 >> bit  # lane mask of this round; word j's partner is word j ^ m
-        hi = (q & m) != 0
-        out = list(w)
-        for j in cutlass.range_constexpr(4):
-            if cutlass.const_expr(j & m == 0):
-                # lanes without bit m send their words j ^ m and take the partner's j into them
-                send = Uint32(cutlass.select_(hi, w[j], w[j ^ m]))
-                got = Uint32(cute.arch.shuffle_sync_bfly(send, offset=m))
-                out[j] = Uint32(cutlass.select_(hi, got, w[j]))
-                out[j ^ m] = Uint32(cutlass.select_(hi, w[j ^ m], got))
-        w = out
-    return w
 
 
 @cute.jit
@@ -309,6 +280,6 @@ def resident_clusters(dev, cluster: int) -> int:
 def dense_grid(dev, n: int, tokens: int, num_experts: int, clusters=None) -> int:
     """The dense kernel's grid (CTAs): every resident cluster (or ``clusters``, tests), at most one
     per unit (pair of placed 128-token tiles x N tile)."""
-    units = (n // TILE_N) * (-(-tokens // (2 * TILE_TOKENS)) + num_experts - 1)
+    units = (n // TILE_N) * (-(-tokens // (DENSE_CLUSTER * TILE_TOKENS)) + num_experts - 1)
     clusters = resident_clusters(dev, DENSE_CLUSTER) if clusters is None else clusters
     return min(clusters, units) * DENSE_CLUSTER

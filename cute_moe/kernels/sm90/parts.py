@@ -106,16 +106,6 @@ def load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts, k_tile=None, b_multicast: 
 
 
 @cute.jit
-def null_stage(ab_pipe, prod):
-    """Producer: complete stage ``prod`` with no data (its full barrier's one arrive, no bytes), once
-    every consumer released it. A CTA with nothing to load keeps its ring in step with a cluster
-    peer whose consumers signal this CTA's empty barriers stage by stage."""
-    ab_pipe.sync_object_empty.wait(prod.index, prod.phase)
-    if cute.arch.lane_idx() == 0:
-        cute.arch.mbarrier_arrive(ab_pipe.producer_get_barrier(prod))
-
-
-@cute.jit
 def start_ab_pipeline(tma_a, tma_mA, sA, tma_b, tma_mB, sB, barriers, stages: cutlass.Constexpr,
                       tx_bytes: cutlass.Constexpr, k_tiles: cutlass.Constexpr, row0, e, n_tile,
                       tile_mnk: cutlass.Constexpr, warp, consumer_warps: cutlass.Constexpr):
