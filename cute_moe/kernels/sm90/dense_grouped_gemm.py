@@ -26,7 +26,7 @@ import cutlass.cute as cute
 import cutlass.pipeline as pipeline
 import cutlass.utils.hopper_helpers as sm90_utils
 import torch
-from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
+from cutlass import BFloat16, Float32, Int32, Int64, Uint8
 
 from ..common.activation import swiglu_bf16x2
 from ..common.placement import TILE_TOKENS, find_expert
