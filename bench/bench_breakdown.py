@@ -16,11 +16,8 @@ import argparse
 import torch
 
 import bench_fused
-from bench_fused import dense_weights, mx_rows
-from shapes import SHAPES, split_sizes
-from cute_moe.kernels.quantize import quantize_mxfp8_cuda
+from bench_fused import dense_weights, fc1_problem, mx_rows
 from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
-from cute_moe.quant.api import exclusive_offsets
 
 
 def bench(fn):
@@ -29,14 +26,8 @@ def bench(fn):
 
 
 def run_shape(name, forms):
-    e, tpe, k, h = SHAPES[name]
-    sizes = split_sizes(name, e, tpe)
-    t, dev = int(sizes.sum()), "cuda"
-    off = exclusive_offsets(sizes.to(torch.int32).to(dev))
-    x = torch.randn(t, k, device=dev, dtype=torch.bfloat16)
-    w1 = torch.randn(e, 2 * h, k, device=dev, dtype=torch.bfloat16) / k**0.5
-    p = torch.rand(t, device=dev)
-    xd = quantize_mxfp8_cuda(x, row_dequant=True)[0]
+    e, h, off, x, w1, p, xd = fc1_problem(name)
+    t, k = x.shape
     w1q, w1s = mx_rows(w1)
     w1d = dense_weights(w1)
     w1t = w1.transpose(1, 2)

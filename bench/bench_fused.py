@@ -80,6 +80,19 @@ def dense_weights(w):
     return quantize_mxfp8_cuda(w.reshape(e * n, k), row_dequant=True)[0].view(e, n, k)
 
 
+def fc1_problem(name):
+    """A training shape's FC1 operands: (E, H, offsets, x bf16, W1 bf16 [E, 2H, K], probs, x as the
+    fused forward hands it over: the exact bf16 of its MXFP8 values, K-permuted)."""
+    e, tpe, k, h = SHAPES[name]
+    sizes = split_sizes(name, e, tpe)
+    t, dev = int(sizes.sum()), "cuda"
+    off = exclusive_offsets(sizes.to(torch.int32).to(dev))
+    x = torch.randn(t, k, device=dev, dtype=torch.bfloat16)
+    w1 = torch.randn(e, 2 * h, k, device=dev, dtype=torch.bfloat16) / k**0.5
+    p = torch.rand(t, device=dev)
+    return e, h, off, x, w1, p, quantize_mxfp8_cuda(x, row_dequant=True)[0]
+
+
 def weight_pass_ms(w, name):
     """Per-forward weight quantization: MXFP8 rowwise (what the swapped kernels read) vs its bf16
     dequantization (what the dense path reads): the dense path's extra cost is the difference."""

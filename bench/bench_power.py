@@ -19,12 +19,9 @@ import time
 import torch
 
 import bench_fused
-from bench_fused import dense_weights, mx_rows
-from shapes import SHAPES, split_sizes
+from bench_fused import dense_weights, fc1_problem, mx_rows
 from cute_moe.functional import _FusedSm90Ops
-from cute_moe.kernels.quantize import quantize_mxfp8_cuda
 from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
-from cute_moe.quant.api import exclusive_offsets
 
 
 def sample(stop, out):
@@ -61,15 +58,8 @@ def main():
     args = ap.parse_args()
     print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     for name in args.shapes:
-        e, tpe, k, h = SHAPES[name]
-        sizes = split_sizes(name, e, tpe)
-        t, dev = int(sizes.sum()), "cuda"
-        off = exclusive_offsets(sizes.to(torch.int32).to(dev))
-        x = torch.randn(t, k, device=dev, dtype=torch.bfloat16)
-        w1 = torch.randn(e, 2 * h, k, device=dev, dtype=torch.bfloat16) / k**0.5
-        p = torch.rand(t, device=dev)
-        xd = quantize_mxfp8_cuda(x, row_dequant=True)[0]
-        if _FusedSm90Ops.dense_weights(t, e):
+        e, h, off, x, w1, p, xd = fc1_problem(name)
+        if _FusedSm90Ops.dense_weights(x.shape[0], e):
             weights, form = dict(b_q=None, b_s=None, b_dequant=dense_weights(w1)), "dense"
         else:
             w1q, w1s = mx_rows(w1)
