@@ -34,9 +34,8 @@ from ..common.ptx import f32_to_bf16x2, ld_global_v4_pred, quad_transpose, st_gl
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_BYTES as H_TILE_BYTES
 from .mx_grouped_gemm import GLU, THREADS, TILE_K, TILE_M, TILE_N, WARPGROUPS, MXGroupedGemmSm90Kernel
-from .parts import (banded_coords, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16,
-                    mma_partitions, tma_tile_partitions, token_tma_atom, weight_tma_atom,
-                    wgmma_ss_consume)
+from .parts import (banded_coords, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16, mma_partitions,
+                    tma_tile_partitions, token_tma_atom, weight_tma_atom, wgmma_ss_consume)
 
 DENSE_STAGES = 4  # 4 x 48 KB of bf16 tokens + weights
 # clusters of 2 CTAs on two token tiles of one expert (same N tile) load the weight tile once, by
@@ -73,7 +72,7 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         mma = make_tiled_mma_bf16(WARPGROUPS, TILE_N)
         tma_a, tma_mA = token_tma_atom(a, tokens, self.k, cute.slice_(a_smem, (None, None, 0)), TILE_M, TILE_K)
         tma_b, tma_mB = weight_tma_atom(b, self.n, self.k, num_experts, cute.slice_(b_smem, (None, None, 0)),
-                                              TILE_N, TILE_K, DENSE_CLUSTER)
+                                        TILE_N, TILE_K, DENSE_CLUSTER)
 
         @cute.struct
         class SharedStorage:
@@ -91,8 +90,9 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
 
     @cute.kernel
     def kernel_dense(self, tma_a: cute.CopyAtom, tma_mA: cute.Tensor, tma_b: cute.CopyAtom, tma_mB: cute.Tensor,
-                     offsets: cute.Pointer, out: cute.Pointer, probs: cute.Pointer, h: cute.Pointer, hq_row: cute.Pointer, hs_row: cute.Pointer,
-                     hq_col: cute.Pointer, hs_col: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32,
+                     offsets: cute.Pointer, out: cute.Pointer, probs: cute.Pointer, h: cute.Pointer,
+                     hq_row: cute.Pointer, hs_row: cute.Pointer, hq_col: cute.Pointer, hs_col: cute.Pointer,
+                     tokens: Int32, num_experts: Int32, num_tiles: Int32,
                      tiled_mma: cute.TiledMma, a_smem: cute.ComposedLayout, b_smem: cute.ComposedLayout):
         """Persistent and warp-specialized: warpgroups 0-1 multiply and store the tile from the
         accumulators, warp 8 (warpgroup 2) only issues TMA loads, so the ring refills for the next
