@@ -131,16 +131,19 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         bx, _, _ = cute.arch.block_idx()
         grid, _, _ = cute.arch.grid_dim()
         rank = bx % DENSE_CLUSTER
+        # every role walks the same units: this cluster's first, the stride, the end; what dense_unit
+        # needs besides the unit
+        u_first, u_step, u_end = bx // DENSE_CLUSTER, grid // DENSE_CLUSTER, units * n_tiles
+        where = (offsets, num_experts, num_tiles, n_tiles, units, rank, lane)
         if warp >= THREADS // 32:
             cute.arch.setmaxregister_decrease(producer_regs)
             if warp == THREADS // 32:
                 cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
                 cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
                 prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, DENSE_STAGES)
-                u = bx // DENSE_CLUSTER
-                while u < units * n_tiles:
-                    n_tile, e, row0, rows, first_rows, tile, has_tile = self.dense_unit(
-                        offsets, num_experts, num_tiles, u, n_tiles, units, rank, lane)
+                u = u_first
+                while u < u_end:
+                    n_tile, e, row0, rows, first_rows, tile, has_tile = self.dense_unit(u, where)
                     if first_rows > 0:
                         # every CTA of the unit loads its share of the weight tile for all of them,
                         # and its token tile (an empty one past the expert's tokens: read, unused)
@@ -149,30 +152,28 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
                         for kt in cutlass.range(self.k_tiles, unroll=1):
                             load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts, kt, DENSE_CLUSTER)
                             prod.advance()
-                    u += grid // DENSE_CLUSTER
+                    u += u_step
                 # the consumers' last releases (the peer CTA's too) have landed before this CTA exits
                 ab_pipe.producer_tail(prod)
             elif cutlass.const_expr(self.swiglu):
                 z_taken.arrive()  # nothing taken yet: the consumers' first hand-off goes through
-                u = bx // DENSE_CLUSTER
-                while u < units * n_tiles:
-                    n_tile, e, row0, rows, first_rows, tile, has_tile = self.dense_unit(
-                        offsets, num_experts, num_tiles, u, n_tiles, units, rank, lane)
+                u = u_first
+                while u < u_end:
+                    n_tile, e, row0, rows, first_rows, tile, has_tile = self.dense_unit(u, where)
                     if has_tile:
                         z_full.arrive_and_wait()
                         z_taken.arrive()
                         self.epilogue_swiglu(storage.sEpi.data_ptr().toint(), out, probs, h, hq_row, hs_row, hq_col,
                                              hs_col, tile, n_tile, row0, rows, num_tiles, tidx - THREADS - 32)
-                    u += grid // DENSE_CLUSTER
+                    u += u_step
         else:
             cute.arch.setmaxregister_increase(consumer_regs)
             _, tCrA, tCrB, acc, k_blocks = mma_partitions(tiled_mma, sA, sB, tidx, (TILE_M, TILE_N))
             tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
             read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, DENSE_STAGES)
-            u = bx // DENSE_CLUSTER
-            while u < units * n_tiles:
-                n_tile, e, row0, rows, first_rows, tile, has_tile = self.dense_unit(
-                    offsets, num_experts, num_tiles, u, n_tiles, units, rank, lane)
+            u = u_first
+            while u < u_end:
+                n_tile, e, row0, rows, first_rows, tile, has_tile = self.dense_unit(u, where)
                 if rows > 0:
                     read = wgmma_ss_consume(tiled_mma, acc, tCrA, tCrB, k_blocks, ab_pipe, read, self.k_tiles)
                     store_acc_rows(acc, out, self.n, n_tile, row0, rows, tidx)
@@ -187,7 +188,7 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
                         cute.arch.fence_acq_rel_cta()  # the z stores, before the epilogue warps' loads
                         z_taken.arrive_and_wait()
                         z_full.arrive()
-                u += grid // DENSE_CLUSTER
+                u += u_step
             if cutlass.const_expr(self.swiglu):
                 z_taken.arrive_and_wait()  # the epilogue warps' last "taken"
         # the peer CTA's consumers arrive on this CTA's empty barriers until they are done
@@ -195,11 +196,13 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         cute.arch.cluster_wait()
 
     @cute.jit
-    def dense_unit(self, offsets, num_experts, num_tiles, u, n_tiles, units, rank, lane):
-        """Unit ``u`` in launch order -> this CTA's share: (N tile, expert, first token, rows, the
+    def dense_unit(self, u, where):
+        """Unit ``u`` in launch order (``where``: offsets, E, placed tiles, N tiles, units per N
+        tile, rank in the cluster, lane) -> this CTA's share: (N tile, expert, first token, rows, the
         unit's first tile's rows (0: nothing to compute, no CTA of the cluster loads), the placed
         128-token tile, whether that tile exists (gap tiles do; a slot past the expert's placed
         tiles does not)). Warp-uniform."""
+        offsets, num_experts, num_tiles, n_tiles, units, rank, lane = where
         group = DENSE_CLUSTER * TILE_TOKENS
         n_tile, unit_idx = banded_coords(u, n_tiles, units, DENSE_RASTER_BAND)
         e, tok0, tok1 = find_expert(offsets, num_experts, unit_idx, lane, group)
