@@ -29,18 +29,21 @@ import torch
 from cutlass import BFloat16, Float32, Int32, Int64, Uint8
 
 from ..common.activation import swiglu_bf16x2
-from ..common.placement import TILE_TOKENS, find_expert
+from ..common.placement import TILE_TOKENS, UNIT_TOKENS, placed_unit
 from ..common.ptx import f32_to_bf16x2, ld_global_v4_pred, quad_transpose, st_global, st_shared
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_BYTES as H_TILE_BYTES
-from .mx_grouped_gemm import GLU, THREADS, TILE_K, TILE_M, TILE_N, WARPGROUPS, MXGroupedGemmSm90Kernel
+from .mx_grouped_gemm import GLU, THREADS, TILE_K, WARPGROUPS, MXGroupedGemmSm90Kernel
 from .parts import (banded_coords, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16, mma_partitions,
                     tma_tile_partitions, token_tma_atom, weight_tma_atom, wgmma_ss_consume)
 
+TILE_M = TILE_TOKENS  # tokens (WGMMA's M: 64 per warpgroup)
+TILE_N = 256  # features (WGMMA's N); FC1: 4 gate/up pairs -> 128 columns of h
 DENSE_STAGES = 4  # 4 x 48 KB of bf16 tokens + weights
 # clusters of 2 CTAs on two token tiles of one expert (same N tile) load the weight tile once, by
 # TMA multicast (32 instead of 48 KB read from L2 per k-tile; the bf16 mainloop waits on L2)
 DENSE_CLUSTER = 2
+assert DENSE_CLUSTER * TILE_TOKENS == UNIT_TOKENS  # a cluster's CTAs take the two tiles of a unit
 # units in launch order sweep bands of 16 N tiles (parts.banded_coords; the swapped kernel's 8): on
 # the H200, 16 beat 2 / 4 / 8 / 24 / 32 for FC1 and FC2 of dsv3 and mixtral (bench/RESULTS.md,
 # session 10: an L2 hit rate of 46% at 8 made the mainloop wait for its stages)
@@ -58,6 +61,9 @@ for _c, _p in DENSE_REGS.values():
 
 class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
     """``weights_bf16``: see the module docstring; constructor flags as the base class's."""
+
+    tile_m, tile_n = TILE_M, TILE_N
+    h_rows, h_cols = TILE_M, TILE_N // 2
 
     @cute.jit
     def __call__(self, a: cute.Pointer, a_scale: cute.Pointer, b: cute.Pointer, b_scale: cute.Pointer,
@@ -126,8 +132,7 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         z_full = pipeline.NamedBarrier(barrier_id=2, num_threads=THREADS + EPI_THREADS)
         z_taken = pipeline.NamedBarrier(barrier_id=3, num_threads=THREADS + EPI_THREADS)
         n_tiles = self.n // TILE_N
-        group = DENSE_CLUSTER * TILE_TOKENS
-        units = (tokens + group - 1) // group + num_experts - 1
+        units = (tokens + UNIT_TOKENS - 1) // UNIT_TOKENS + num_experts - 1
         bx, _, _ = cute.arch.block_idx()
         grid, _, _ = cute.arch.grid_dim()
         rank = bx % DENSE_CLUSTER
@@ -203,16 +208,11 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         128-token tile, whether that tile exists (gap tiles do; a slot past the expert's placed
         tiles does not)). Warp-uniform."""
         offsets, num_experts, num_tiles, n_tiles, units, rank, lane = where
-        group = DENSE_CLUSTER * TILE_TOKENS
         n_tile, unit_idx = banded_coords(u, n_tiles, units, DENSE_RASTER_BAND)
-        e, tok0, tok1 = find_expert(offsets, num_experts, unit_idx, lane, group)
-        first_local = DENSE_CLUSTER * (unit_idx - (tok0 // group + e))
-        local = first_local + rank
-        tile = tok0 // TILE_TOKENS + e + local
-        has_tile = (tile < tok1 // TILE_TOKENS + e + 1) & (tile < num_tiles)
-        first_rows = cutlass.max(cutlass.min(tok1 - tok0 - TILE_TOKENS * first_local, Int32(TILE_TOKENS)), Int32(0))
-        rows = cutlass.max(cutlass.min(tok1 - tok0 - TILE_TOKENS * local, Int32(TILE_TOKENS)), Int32(0))
-        return n_tile, e, tok0 + TILE_TOKENS * local, rows, first_rows, tile, has_tile
+        e, row0, unit_rows, tile0, unit_tiles = placed_unit(offsets, num_experts, unit_idx, lane, num_tiles)
+        first_rows = cutlass.min(unit_rows, Int32(TILE_TOKENS))
+        rows = cutlass.max(cutlass.min(unit_rows - TILE_TOKENS * rank, Int32(TILE_TOKENS)), Int32(0))
+        return n_tile, e, row0 + TILE_TOKENS * rank, rows, first_rows, tile0 + rank, rank < unit_tiles
 
     @cute.jit
     def epilogue_swiglu(self, h_stage: Int32, z, probs, h, hq_row, hs_row, hq_col, hs_col, tile, n_tile, row0, rows,
@@ -283,6 +283,6 @@ def resident_clusters(dev, cluster: int) -> int:
 def dense_grid(dev, n: int, tokens: int, num_experts: int, clusters=None) -> int:
     """The dense kernel's grid (CTAs): every resident cluster (or ``clusters``, tests), at most one
     per unit (pair of placed 128-token tiles x N tile)."""
-    units = (n // TILE_N) * (-(-tokens // (DENSE_CLUSTER * TILE_TOKENS)) + num_experts - 1)
+    units = (n // TILE_N) * (-(-tokens // UNIT_TOKENS) + num_experts - 1)
     clusters = resident_clusters(dev, DENSE_CLUSTER) if clusters is None else clusters
     return min(clusters, units) * DENSE_CLUSTER

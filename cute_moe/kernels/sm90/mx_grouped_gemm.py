@@ -7,21 +7,28 @@ accumulation. One kernel per static configuration (N, K, epilogue flags); T, E a
 (``offsets``, E+1 int32 on the device) are runtime values: routing changes never recompile.
 
 How the work is laid out, and why:
-- A CTA owns one *placed* 128-token tile (REFERENCE §2 grouped placement: expert e's tiles start at
-  ``offsets[e] // 128 + e``) by 256 output features; the grid (N / 256, ceil(T/128) + E - 1) is known
-  on the host without reading ``offsets``. Gap tiles and empty experts never touch ``b``. CTAs take
-  their (N tile, placed tile) in bands of 8 N tiles (``parts.banded_tile``), so that the CTAs in
-  flight share weight tiles in L2.
-- TMA loads 128x64 e4m3 tiles of ``a_row`` (rows from ``offsets[e] + 128 * local``; TMA boxes start
-  at any row) and 256x64 of ``b_row[e]`` into a 6-stage ``PipelineTmaAsync`` ring, plain row-major
-  (64-byte rows: a quarter-warp's 16-byte reads cover 128 contiguous bytes, no bank conflicts).
+- A CTA owns one *unit*, two consecutive placed 128-token tiles of one expert (REFERENCE §2 grouped
+  placement; units start at ``offsets[e] // 256 + e``, :func:`placed_unit`), by 128 output
+  features; the grid (N / 128, ceil(T/256) + E - 1) is known on the host without reading
+  ``offsets``. Gap units and empty experts never touch ``b``. CTAs take their (N tile, unit) in
+  bands of 8 N tiles (``parts.banded_tile``), so that the CTAs in flight share weight tiles in L2.
+- TMA loads 256x64 tiles of the tokens (rows from the unit's first token; TMA boxes start at any
+  row) and 128x64 e4m3 of ``b_row[e]`` into a 5-stage ``PipelineTmaAsync`` ring, the weights plain
+  row-major (64-byte rows: a quarter-warp's 16-byte reads cover 128 contiguous bytes, no bank
+  conflicts).
 - The WGMMA runs transposed ("swap AB"): the weights are its M side, taken from *registers* (RS),
-  the tokens its N side, from shared memory. Each warpgroup owns 128 features (two 64-row WGMMA
-  blocks). A thread reads 16 contiguous e4m3 bytes of each of its weight rows and dequantizes them
-  straight into its A fragment: the weights never round-trip through shared memory as bf16.
-  The 16 bytes are the thread's A-fragment k slots of the four k16 steps; the tokens' bf16 copy is
-  in the same k order (a permutation of K inside each 64-wide k-tile: the dot products are
-  unchanged). Dequantization: e4m3 -> f16 (hardware) -> f32 -> times 2^(E-127) -> bf16, exact.
+  the tokens its N side, from shared memory. Each warpgroup owns 64 features (one 64-row WGMMA
+  block) for all 256 tokens: a weight element converted once serves 256 tokens (session 12: the
+  conversion is what these kernels issue most; 128 tokens per conversion, the layout before, took
+  13% longer on qwen3's FC1 GEMM). A thread reads 16 contiguous e4m3 bytes of each of its weight
+  rows and dequantizes them straight into its A fragment: the weights never round-trip through
+  shared memory as bf16. The 16 bytes are the thread's A-fragment k slots of the four k16 steps; the
+  tokens' bf16 copy is in the same k order (a permutation of K inside each 64-wide k-tile: the dot
+  products are unchanged). Dequantization: e4m3 -> f16 (hardware) -> f32 -> times 2^(E-127) ->
+  bf16, exact.
+- WGMMA's N follows the unit's tokens: 256 (more than 128), 128, or 32 (decode: at most 32 tokens;
+  the tensor cores then stay far below the weight stream). With ``a_dequant`` the narrower units
+  also load only a 128- or 32-row token box.
 - Tokens, two ways (bit-identical results):
   - MXFP8 ``a`` (``mainloop_and_store``): all 256 threads convert the stage's valid token rows into
     one of three bf16 buffers in WGMMA's 128-byte-swizzled K-major layout, then one CTA barrier.
@@ -31,23 +38,20 @@ How the work is laid out, and why:
     values, already K-permuted by the pass that quantized them, come by TMA straight into the
     swizzled layout: no token conversion, no CTA barrier; a stage is released once the WGMMAs of
     its k-tile retire, and k-tiles alternate two register sets of A fragments.
-  Tiles with at most 32 tokens (decode) use 64x32 WGMMAs instead of 64x128: the tensor cores then
-  stay far below the weight stream (always 64x128: flash B=128 FC1 2.36 ms instead of 1.86); with
-  ``a_dequant`` they also load only a 32-row token box.
 - ``b_dequant`` too ("dense"; many tokens per expert): both operands as exact bf16, a plain bf16
   mainloop in a persistent, warp-specialized kernel of its own (:mod:`.dense_grouped_gemm`, a
   subclass sharing the epilogue pieces).
 - Epilogue (swapped forms): accumulators -> bf16 -> shared memory by transposing stmatrix into a
-  [token][feature] tile (rows padded to 528 bytes: no bank conflicts), then 16-byte stores of the
+  [token][feature] tile (rows padded to 272 bytes: no bank conflicts), then 16-byte stores of the
   tile's rows that belong to the expert (a TMA store would overwrite the next expert's rows). That
   is ``y`` (FC2) or ``z`` (FC1).
-- FC1 only: from the staged bf16 ``z``, ``h = p * silu(g) * u`` (REFERENCE §3 interleave: a 256-column
-  tile holds 4 gate/up pairs of 32 columns -> 128 columns of ``h``), rounded to bf16 exactly like the
+- FC1 only: from the staged bf16 ``z``, ``h = p * silu(g) * u`` (REFERENCE §3 interleave: a 128-column
+  tile holds 2 gate/up pairs of 32 columns -> 64 columns of ``h``), rounded to bf16 exactly like the
   unfused path (SwiGLU of the stored bf16 ``z`` in fp32; SiLU by ``activation.silu_exact``, the IEEE
-  expression without a branch per division; row groups past the tile's tokens are skipped), staged
-  as the quantize kernel's 128x128 tile,
-  then quantized by the shared tile passes: warpgroup 0 rowwise, warpgroup 1 columnwise (per-expert
-  32-row blocks), at the same time. Gap tiles still write their padding scale codes.
+  expression without a branch per division; row groups past the unit's tokens are skipped), staged
+  as two 128x64 tiles (one per placed tile), then quantized by the shared tile passes: warpgroup 0
+  rowwise, warpgroup 1 columnwise (per-expert 32-row blocks), at the same time. Gap tiles still
+  write their padding scale codes.
 """
 
 from __future__ import annotations
@@ -63,27 +67,27 @@ from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
 from ...quant.layout import grouped_tiles
 from ...quant.mxfp8 import dequantize
 from ..common.activation import swiglu_bf16x2
-from ..common.placement import MAX_EXPERTS, TILE_TOKENS
+from ..common.placement import MAX_EXPERTS, TILE_TOKENS, UNIT_TOKENS, placed_unit
 from ..common.ptx import e4m3_to_bf16_scaled, ld_global_u8, ld_shared, st_global, st_shared
-from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
-from ..common.quantize_tile import TILE_COLS as H_TILE_COLS
-from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise
+from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise, row_bytes
 from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
-from .parts import (bf16_view, grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16, placed_cta, release_and_refill,
-                    stage_acc_bf16, start_ab_pipeline, token_tma_atom)
+from .parts import (banded_tile, bf16_view, grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16,
+                    release_and_refill, stage_acc_bf16, start_ab_pipeline, token_tma_atom)
 
-TILE_M = TILE_TOKENS  # tokens of the output tile (WGMMA's N side)
-TILE_N = 256  # features (WGMMA's M side); FC1: 4 gate/up pairs -> the 128 h columns of one quantize tile
+TILE_M = UNIT_TOKENS  # tokens of a unit (WGMMA's N side): two placed 128-token tiles
+TILE_N = 128  # features (WGMMA's M side); FC1: 2 gate/up pairs -> 64 columns of h
 TILE_K = 64  # 64 e4m3 = one 64-byte stage row; 64 bf16 = one 128-byte swizzle atom
 WARPGROUPS = 2
-WG_FEATURES = TILE_N // WARPGROUPS  # two 64-row WGMMA blocks per warpgroup
+WG_FEATURES = TILE_N // WARPGROUPS  # one 64-row WGMMA block per warpgroup
 BLOCKS = WG_FEATURES // 64
 THREADS = 128 * WARPGROUPS
-STAGES = 6  # e4m3 TMA ring: 6 x 24 KB; it also holds the staged output tile (66 KB)
-TOK_BUFS = 3  # bf16 token operands: 3 x 16 KB (see the module docstring); also the staged h tile
-NARROW = 32  # tiles with at most this many tokens use 64 x NARROW WGMMAs
+STAGES = 5  # TMA ring: 5 x (32 KB bf16 / 16 KB e4m3 tokens + 8 KB weights); also holds the staged tiles
+TOK_BUFS = 3  # bf16 token operands of the MXFP8-token path: 3 x 32 KB (see the module docstring)
+NARROW = 32  # units with at most this many tokens use 64 x NARROW WGMMAs
+WIDTHS = (NARROW, TILE_TOKENS, TILE_M)  # WGMMA N by the unit's tokens: <= 32, <= 128, more
 GLU = 32
 OUT_ROW_BYTES = TILE_N * 2 + 16  # staged bf16 output rows; +16 spreads stmatrix rows over banks
+H_COLS = TILE_N // 2  # h columns of a tile
 CHUNK = 16  # bytes of e4m3 per conversion chunk
 
 
@@ -93,14 +97,18 @@ class MXGroupedGemmSm90Kernel:
     are written; ``probs`` (fp32 [T]) scales ``h`` when ``with_probs``."""
 
     threads = THREADS
+    tile_m, tile_n = TILE_M, TILE_N  # a CTA's tokens x features
+    h_rows, h_cols = TILE_M, H_COLS  # the staged h tile (FC1)
 
     def __init__(self, n: int, k: int, swiglu: bool = False, with_probs: bool = False, h_bf16: bool = False,
                  h_row: bool = False, h_col: bool = False, swizzled: bool = False, tokens_bf16: bool = False,
                  h_dequant: bool = False, weights_bf16: bool = False):
         if k <= 0 or k % TILE_K:
             raise ValueError(f"K must be a positive multiple of {TILE_K}, got {k}")
-        if n <= 0 or n % TILE_N:
-            raise ValueError(f"N must be a positive multiple of {TILE_N}, got {n}")
+        # FC1's h comes in whole 128-column scale groups (N = 2H, H % 128 == 0)
+        n_mult = max(self.tile_n, 256) if swiglu else self.tile_n
+        if n <= 0 or n % n_mult:
+            raise ValueError(f"N must be a positive multiple of {n_mult}, got {n}")
         if h_row and h_dequant:
             raise ValueError("h_row and h_dequant share the rowwise pass: ask for one")
         if not swiglu and (with_probs or h_bf16 or h_row or h_col or h_dequant):
@@ -110,7 +118,7 @@ class MXGroupedGemmSm90Kernel:
             swiglu, with_probs, h_bf16, h_row, h_col, swizzled)
         self.hidden = n // 2
         self.k_tiles = k // TILE_K
-        self.tile_mnk = (TILE_M, TILE_N, TILE_K)
+        self.tile_mnk = (self.tile_m, self.tile_n, TILE_K)
         if weights_bf16 and not tokens_bf16:
             raise ValueError("weights_bf16 needs tokens_bf16: both operands then come as bf16")
         if tokens_bf16 and not weights_bf16 and k % (2 * TILE_K):
@@ -129,29 +137,27 @@ class MXGroupedGemmSm90Kernel:
                  hq_row: cute.Pointer, hs_row: cute.Pointer, hq_col: cute.Pointer, hs_col: cute.Pointer,
                  tokens: Int32, num_experts: Int32, num_tiles: Int32, ctas: Int32, stream: cuda.CUstream):
         N, K = self.n, self.k
+        row_major = cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
         if cutlass.const_expr(self.tokens_bf16):
-            a8_smem = sm90_utils.make_smem_layout_b(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR,
-                                                    (64, TILE_M, TILE_K), BFloat16, STAGES)
+            a8_smem = sm90_utils.make_smem_layout_b(row_major, (64, TILE_M, TILE_K), BFloat16, STAGES)
         else:
             a8_smem = cute.make_layout((TILE_M, TILE_K, STAGES), stride=(TILE_K, 1, TILE_M * TILE_K))
         b8_smem = cute.make_layout((TILE_N, TILE_K, STAGES), stride=(TILE_K, 1, TILE_N * TILE_K))
         # tokens are the WGMMA's B operand: (N = TILE_M tokens, K) per buffer, 128-byte swizzled
-        t16_smem = sm90_utils.make_smem_layout_b(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR, (64, TILE_M, TILE_K),
-                                                 BFloat16, TOK_BUFS)
-        mma_wide = make_tiled_mma_bf16(1, TILE_M, a_in_registers=True)
-        mma_narrow = make_tiled_mma_bf16(1, NARROW, a_in_registers=True)
+        t16_smem = sm90_utils.make_smem_layout_b(row_major, (64, TILE_M, TILE_K), BFloat16, TOK_BUFS)
+        mma_narrow, mma_half, mma_wide = [make_tiled_mma_bf16(1, w, a_in_registers=True) for w in WIDTHS]
         # TMA over the e4m3 bytes, into plain row-major stages
         tma_a, tma_mA, tma_b, tma_mB = grouped_tma_atoms(
             a, b, tokens, num_experts, N, K, cute.slice_(a8_smem, (None, None, 0)),
             cute.slice_(b8_smem, (None, None, 0)), self.tile_mnk)
-        tma_a_n, tma_mA_n = tma_a, tma_mA
+        tma_a_n, tma_mA_n, tma_a_h, tma_mA_h = tma_a, tma_mA, tma_a, tma_mA
         if cutlass.const_expr(self.tokens_bf16):
-            # narrow tiles load a NARROW-row token box into the first rows of the stage (same
-            # 128-byte swizzle): 4 KB instead of 16 KB per k-tile, most of which would be other
-            # experts' rows (decode: 1-6 tokens per expert)
-            a_narrow = sm90_utils.make_smem_layout_b(cutlass.tensor_utils.LayoutEnum.ROW_MAJOR,
-                                                     (64, NARROW, TILE_K), BFloat16, 1)
-            tma_a_n, tma_mA_n = token_tma_atom(a, tokens, K, cute.slice_(a_narrow, (None, None, 0)), NARROW, TILE_K)
+            # narrower units load a 32- or 128-row token box into the first rows of the stage (same
+            # 128-byte swizzle): most of a 256-row box would be other experts' rows
+            boxes = [sm90_utils.make_smem_layout_b(row_major, (64, w, TILE_K), BFloat16, 1) for w in WIDTHS[:2]]
+            tma_a_n, tma_mA_n = token_tma_atom(a, tokens, K, cute.slice_(boxes[0], (None, None, 0)), NARROW, TILE_K)
+            tma_a_h, tma_mA_h = token_tma_atom(a, tokens, K, cute.slice_(boxes[1], (None, None, 0)), TILE_TOKENS,
+                                               TILE_K)
 
         a_bytes = TILE_M * TILE_K * STAGES * (2 if self.tokens_bf16 else 1)
         t16_elems = 1024 if self.tokens_bf16 else cute.cosize(t16_smem)
@@ -164,102 +170,120 @@ class MXGroupedGemmSm90Kernel:
             sT16: cute.struct.Align[cute.struct.MemRange[BFloat16, t16_elems], 1024]
 
         self.shared_storage = SharedStorage
+        units = (tokens + UNIT_TOKENS - 1) // UNIT_TOKENS + num_experts - 1
         self.kernel(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, offsets, out, probs, h, hq_row, hs_row,
-                    hq_col, hs_col, tokens, num_experts, num_tiles, mma_wide, mma_narrow, a8_smem, b8_smem,
-                    t16_smem, tma_a_n, tma_mA_n).launch(grid=[N // TILE_N, num_tiles, 1], block=[THREADS, 1, 1],
-                                                        stream=stream)
+                    hq_col, hs_col, tokens, num_experts, num_tiles, mma_wide, mma_half, mma_narrow, a8_smem, b8_smem,
+                    t16_smem, tma_a_n, tma_mA_n, tma_a_h, tma_mA_h).launch(
+            grid=[N // TILE_N, units, 1], block=[THREADS, 1, 1], stream=stream)
 
     @cute.kernel
     def kernel(self, tma_a: cute.CopyAtom, tma_mA: cute.Tensor, tma_b: cute.CopyAtom, tma_mB: cute.Tensor,
                a_scale: cute.Pointer, b_scale: cute.Pointer, offsets: cute.Pointer, out: cute.Pointer,
                probs: cute.Pointer, h: cute.Pointer, hq_row: cute.Pointer, hs_row: cute.Pointer,
                hq_col: cute.Pointer, hs_col: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32,
-               mma_wide: cute.TiledMma, mma_narrow: cute.TiledMma, a8_smem, b8_smem,
-               t16_smem: cute.ComposedLayout, tma_a_n: cute.CopyAtom, tma_mA_n: cute.Tensor):
-        # ---- which expert and rows this placed tile holds (rows 0: gap tile / empty expert)
-        tidx, warp, n_tile, tile, e, row0, rows, storage = placed_cta(offsets, num_experts, self.shared_storage)
-        # epilogue staging reuses the operand buffers: the bf16 out tile in the e4m3 ring (144 KB),
-        # the h tile in the bf16 token buffers (48 KB)
+               mma_wide: cute.TiledMma, mma_half: cute.TiledMma, mma_narrow: cute.TiledMma, a8_smem, b8_smem,
+               t16_smem: cute.ComposedLayout, tma_a_n: cute.CopyAtom, tma_mA_n: cute.Tensor,
+               tma_a_h: cute.CopyAtom, tma_mA_h: cute.Tensor):
+        # ---- which expert and rows this unit holds (rows 0: gap unit / empty expert)
+        tidx, _, _ = cute.arch.thread_idx()
+        warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        n_tile, unit = banded_tile()
+        e, row0, rows, tile0, unit_tiles = placed_unit(offsets, num_experts, unit, tidx % 32, num_tiles)
+        storage = cutlass.memory.SmemAllocator().allocate(self.shared_storage)
+        # epilogue staging reuses the operand buffers: the bf16 out tile in the token ring (68 KB),
+        # the h tile in the bf16 token buffers or the weight ring (36 KB)
         out_stage = storage.sA8.data_ptr().toint()
         h_stage = storage.sT16.data_ptr().toint()
         if cutlass.const_expr(self.tokens_bf16):
             h_stage = storage.sB8.data_ptr().toint()
+        mmas = (mma_narrow, mma_half, mma_wide)  # by WIDTHS
         # zeroed accumulators + ACCUMULATE always on; set here, outside the branches below: a field
         # set inside one branch would be an IR value the other branch cannot use
-        mma_wide.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
-        mma_narrow.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        for m in mmas:
+            m.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
         if rows > 0:
             if cutlass.const_expr(self.tokens_bf16):
-                # narrow and wide tiles differ in the token box (and so the stage's byte count, a
-                # static pipeline parameter): two instances of the mainloop
+                # the widths differ in the token box (and so the stage's byte count, a static
+                # pipeline parameter): one instance of the mainloop each
                 if rows <= NARROW:
                     self.mainloop_bf16_tokens(tma_a_n, tma_mA_n, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile,
-                                              tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, True)
+                                              tidx, warp, storage, mmas, a8_smem, b8_smem, 0)
+                elif rows <= TILE_TOKENS:
+                    self.mainloop_bf16_tokens(tma_a_h, tma_mA_h, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile,
+                                              tidx, warp, storage, mmas, a8_smem, b8_smem, 1)
                 else:
                     self.mainloop_bf16_tokens(tma_a, tma_mA, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile,
-                                              tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, False)
+                                              tidx, warp, storage, mmas, a8_smem, b8_smem, 2)
             else:
                 self.mainloop_and_store(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows,
-                                        n_tile, tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem)
+                                        n_tile, tidx, warp, storage, mmas, a8_smem, b8_smem, t16_smem)
             if cutlass.const_expr(self.swiglu):
                 self.swiglu_epilogue(probs, h, out_stage, h_stage, row0, rows, n_tile, tidx)
         if cutlass.const_expr(self.swiglu):
-            self.quantize_h(h_stage, hq_row, hs_row, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, tidx)
+            # one 128-row h tile per placed tile of the unit (gap tiles: padding scale codes only)
+            for half in cutlass.range_constexpr(2):
+                if half < unit_tiles:
+                    self.quantize_h(h_stage + half * TILE_TOKENS * row_bytes(H_COLS), hq_row, hs_row, hq_col, hs_col,
+                                    tile0 + half, n_tile, row0 + half * TILE_TOKENS,
+                                    cutlass.max(cutlass.min(rows - half * TILE_TOKENS, Int32(TILE_TOKENS)), Int32(0)),
+                                    num_tiles, tidx)
 
     @cute.jit
-    def quantize_h(self, h_stage, hq_row, hs_row, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, tidx,
+    def quantize_h(self, h_stage, hq_row, hs_row, hq_col, hs_col, tile, cblk, row0, rows, num_tiles, tidx,
                    one_warpgroup: cutlass.Constexpr = False):
-        """The staged h tile -> MXFP8 (as asked): warpgroup 0 rowwise, warpgroup 1 columnwise, at
-        the same time (``one_warpgroup``: both passes, one after the other, by threads ``tidx`` <
-        128). Every placed tile, gap tiles included, writes its scale bytes (padding codes for rows
-        it does not hold); with rows == 0 nothing else is stored and the staged bytes are unused."""
+        """A staged 128-row h tile (``self.h_cols`` columns, column block ``cblk``) -> MXFP8 (as
+        asked): warpgroup 0 rowwise, warpgroup 1 columnwise, at the same time (``one_warpgroup``:
+        both passes, one after the other, by threads ``tidx`` < 128). Every placed tile, gap tiles
+        included, writes its scale bytes (padding codes for rows it does not hold); with rows == 0
+        nothing else is stored and the staged bytes are unused."""
         if cutlass.const_expr(self.h_row or self.h_col or self.h_dequant):
             wg = 0 if one_warpgroup else tidx // 128
             if wg == 0:
                 if cutlass.const_expr(self.h_row or self.h_dequant):
-                    quantize_tile_rowwise(h_stage, hq_row, hs_row, tile, n_tile, row0, rows, tidx, self.hidden,
-                                          self.swizzled, self.h_dequant)
+                    quantize_tile_rowwise(h_stage, hq_row, hs_row, tile, cblk, row0, rows, tidx, self.hidden,
+                                          self.swizzled, self.h_dequant, self.h_cols)
             if wg == 1 or one_warpgroup:
                 if cutlass.const_expr(self.h_col):
-                    quantize_tile_colwise(h_stage, hq_col, hs_col, tile, n_tile, row0, rows, num_tiles, tidx % 128,
-                                          self.hidden, True, self.swizzled)
+                    quantize_tile_colwise(h_stage, hq_col, hs_col, tile, cblk, row0, rows, num_tiles, tidx % 128,
+                                          self.hidden, True, self.swizzled, self.h_cols)
 
     # ---- pieces both mainloops use, in the order data flows: TMA, then the WGMMA operands
 
     @cute.jit
-    def mma_operands(self, mma_wide, mma_narrow, sTok16, bufs: cutlass.Constexpr, tidx, sets: cutlass.Constexpr):
-        """Per warpgroup (features x tokens): B fragments over the bf16 token buffers (wide: all
-        128 rows; narrow: the first NARROW rows, same swizzled layout), zeroed fp32 accumulators
-        (the narrow ones are the first NARROW / 8 n-blocks of the wide ones: same registers) and
-        ``sets`` x BLOCKS A fragments in registers, also as 16 words each."""
-        thr_w = mma_wide.get_slice(tidx % 128)
-        thr_n = mma_narrow.get_slice(tidx % 128)
-        tCrB = mma_wide.make_fragment_B(thr_w.partition_B(sTok16))
-        sTok16_narrow = cute.local_tile(sTok16, (NARROW, TILE_K, bufs), (0, 0, 0))
-        tCrB_n = mma_narrow.make_fragment_B(thr_n.partition_B(sTok16_narrow))
-        acc = [cute.make_rmem_tensor(thr_w.partition_shape_C((64, TILE_M)), Float32) for _ in range(BLOCKS)]
-        acc_n = [cute.make_tensor(x.iterator, cute.make_layout(thr_n.partition_shape_C((64, NARROW)))) for x in acc]
-        rA = [[mma_wide.make_fragment_A(thr_w.partition_shape_A((64, TILE_K))) for _ in range(BLOCKS)]
+    def mma_operands(self, mmas, sTok16, bufs: cutlass.Constexpr, tidx, sets: cutlass.Constexpr):
+        """Per warpgroup (features x tokens), for each WGMMA width: B fragments over the bf16 token
+        buffers (the first ``width`` rows, same swizzled layout) and the accumulators as that
+        width's (the first width / 8 n-blocks of the wide ones: same registers); the zeroed fp32
+        accumulators; ``sets`` x BLOCKS A fragments in registers, also as 16 words each."""
+        thr = [m.get_slice(tidx % 128) for m in mmas]
+        acc = [cute.make_rmem_tensor(thr[-1].partition_shape_C((64, TILE_M)), Float32) for _ in range(BLOCKS)]
+        views = []
+        for i, width in enumerate(WIDTHS):
+            s_tok = cute.local_tile(sTok16, (width, TILE_K, bufs), (0, 0, 0))
+            acc_w = [cute.make_tensor(x.iterator, cute.make_layout(thr[i].partition_shape_C((64, width))))
+                     for x in acc]
+            views.append((mmas[i].make_fragment_B(thr[i].partition_B(s_tok)), acc_w))
+        rA = [[mmas[-1].make_fragment_A(thr[-1].partition_shape_A((64, TILE_K))) for _ in range(BLOCKS)]
               for _ in range(sets)]
         rA32 = [[cute.make_tensor(cute.recast_ptr(x.iterator, dtype=Uint32), cute.make_layout(TILE_K // 4))
                  for x in per_set] for per_set in rA]
         for x in acc:
             x.fill(0.0)
-        return tCrB, tCrB_n, acc, acc_n, rA, rA32
+        return views, acc, rA, rA32
 
     @cute.jit
     def weight_rows(self, b_scale, e, n_tile, tidx, warp):
-        """This thread's A-fragment rows: block j, half q -> feature row 128 wg + 64 j + 16 (warp % 4)
-        + lane // 4 + 8 q, of which it reads the 16 bytes of chunk lane % 4 (one E8M0 code: block
-        (lane % 4) // 2 of the k-tile). Returns (chunk, rows, (the first row's scale-code address at
-        k-tile 0, the other rows' static offsets from it))."""
+        """This thread's A-fragment rows: block j, half q -> feature row 64 (wg BLOCKS + j) + 16 (warp
+        % 4) + lane // 4 + 8 q, of which it reads the 16 bytes of chunk lane % 4 (one E8M0 code:
+        block (lane % 4) // 2 of the k-tile). Returns (chunk, rows, (the first row's scale-code
+        address at k-tile 0, the other rows' static offsets from it))."""
         wg = cute.arch.make_warp_uniform(tidx // 128)
         fc = tidx % 4
         f_rows = [wg * WG_FEATURES + 64 * (i // 2) + 16 * (warp % 4) + (tidx % 32) // 4 + 8 * (i % 2)
                   for i in range(2 * BLOCKS)]
         kb = self.k // 32
-        # one 64-bit address and static offsets (the rows are 8 and 64 apart): four live addresses
-        # cost the mainloop registers it does not have
+        # one 64-bit address and static offsets (the rows are 8 and 64 apart): live addresses cost
+        # the mainloop registers it does not have
         b_sc = b_scale.toint() + (Int64(e) * self.n + n_tile * TILE_N + f_rows[0]) * kb + fc // 2
         return fc, f_rows, (b_sc, [(64 * (i // 2) + 8 * (i % 2)) * kb for i in range(2 * BLOCKS)])
 
@@ -281,21 +305,18 @@ class MXGroupedGemmSm90Kernel:
                 rA32_j[4 * s + 2 + q] = v[2 * s + 1]
 
     @cute.jit
-    def issue_block(self, narrow, mma_wide, mma_narrow, acc_j, acc_n_j, rA_j, tCrB, tCrB_n, buf):
-        """Block j's four k16 WGMMAs over token buffer ``buf``: 64x32 when the tile holds at most
-        NARROW tokens, else 64x128."""
-        if narrow:
-            for s in cutlass.range(TILE_K // 16, unroll_full=True):
-                cute.gemm(mma_narrow, acc_n_j, rA_j[(None, None, s)], tCrB_n[(None, None, s, buf)], acc_n_j)
-        else:
-            for s in cutlass.range(TILE_K // 16, unroll_full=True):
-                cute.gemm(mma_wide, acc_j, rA_j[(None, None, s)], tCrB[(None, None, s, buf)], acc_j)
+    def issue_block(self, mma, view, j: cutlass.Constexpr, rA_j, buf):
+        """Block j's four k16 WGMMAs over token buffer ``buf`` at one width (``view``: that width's
+        B fragments and accumulators from :meth:`mma_operands`)."""
+        tCrB, acc = view
+        for s in cutlass.range(TILE_K // 16, unroll_full=True):
+            cute.gemm(mma, acc[j], rA_j[(None, None, s)], tCrB[(None, None, s, buf)], acc[j])
 
     # ---- the three mainloops: MXFP8 tokens, bf16 tokens, bf16 tokens and weights (dense)
 
     @cute.jit
     def mainloop_and_store(self, tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows, n_tile,
-                           tidx, warp, storage, mma_wide, mma_narrow, a8_smem, b8_smem, t16_smem):
+                           tidx, warp, storage, mmas, a8_smem, b8_smem, t16_smem):
         """MXFP8 tokens: all warps dequantize the stage's token rows into bf16 buffers (one CTA
         barrier per k-tile), then each warpgroup its weight rows into registers."""
         ab_pipe, prod, parts = start_ab_pipeline(tma_a, tma_mA, storage.sA8.get_tensor(a8_smem), tma_b, tma_mB,
@@ -304,8 +325,7 @@ class MXGroupedGemmSm90Kernel:
                                                  self.tile_mnk, warp, THREADS // 32)
         k_tiles = self.k_tiles
         sT16 = storage.sT16.get_tensor(t16_smem.outer, swizzle=t16_smem.inner)
-        narrow = rows <= NARROW
-        tCrB, tCrB_n, acc, acc_n, rA, rA32 = self.mma_operands(mma_wide, mma_narrow, sT16, TOK_BUFS, tidx, 1)
+        views, acc, rA, rA32 = self.mma_operands(mmas, sT16, TOK_BUFS, tidx, 1)
         fc, f_rows, b_sc = self.weight_rows(b_scale, e, n_tile, tidx, warp)
 
         # ---- token conversion: thread t converts the 16-byte chunk (t % 4) of rows t // 4 + 64 i
@@ -351,11 +371,14 @@ class MXGroupedGemmSm90Kernel:
                 cute.nvgpu.warpgroup.fence()
                 # committed inside each branch: a commit after the branches merge makes ptxas add an
                 # empty HGMMA to carry the group, and wait_group(1) would then also wait for this block
-                if narrow:
-                    self.issue_block(True, mma_wide, mma_narrow, acc[j], acc_n[j], rA[0][j], tCrB, tCrB_n, buf)
+                if rows <= NARROW:
+                    self.issue_block(mmas[0], views[0], j, rA[0][j], buf)
+                    cute.nvgpu.warpgroup.commit_group()
+                elif rows <= TILE_TOKENS:
+                    self.issue_block(mmas[1], views[1], j, rA[0][j], buf)
                     cute.nvgpu.warpgroup.commit_group()
                 else:
-                    self.issue_block(False, mma_wide, mma_narrow, acc[j], acc_n[j], rA[0][j], tCrB, tCrB_n, buf)
+                    self.issue_block(mmas[2], views[2], j, rA[0][j], buf)
                     cute.nvgpu.warpgroup.commit_group()
             ab_pipe.consumer_release(read)
             read.advance()
@@ -363,18 +386,19 @@ class MXGroupedGemmSm90Kernel:
             if buf == TOK_BUFS:
                 buf = Int32(0)
         cute.nvgpu.warpgroup.wait_group(0)
-        # every warp is past its last WGMMA: the e4m3 ring can hold the output tile
+        # every warp is past its last WGMMA: the token ring can hold the output tile
         cute.arch.sync_threads()
-        self.store_acc_bf16(acc, mma_wide, storage, out, row0, rows, n_tile, tidx)
+        self.store_acc_bf16(acc, mmas[-1], storage, out, row0, rows, n_tile, tidx)
 
     @cute.jit
     def mainloop_bf16_tokens(self, tma_a, tma_mA, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile, tidx, warp,
-                             storage, mma_wide, mma_narrow, a_smem, b8_smem, narrow: cutlass.Constexpr):
+                             storage, mmas, a_smem, b8_smem, width: cutlass.Constexpr):
         """Tokens arrive as bf16 (TMA straight into the swizzled operand layout): only the weights
-        are dequantized, and the warpgroups never wait for each other. ``narrow``: the tile holds at
-        most NARROW tokens; ``tma_a`` then loads NARROW-row boxes into the first rows of each stage."""
+        are dequantized, and the warpgroups never wait for each other. ``width``: index into WIDTHS
+        of the WGMMA N (the unit's tokens); ``tma_a`` loads boxes of that many rows into the first
+        rows of each stage."""
         sA = bf16_view(storage.sA8, a_smem)
-        box = NARROW if narrow else TILE_M
+        box = WIDTHS[width]
         sA_box = cute.local_tile(sA, (box, TILE_K, STAGES), (0, 0, 0))
         ab_pipe, prod, parts = start_ab_pipeline(tma_a, tma_mA, sA_box, tma_b, tma_mB,
                                                  storage.sB8.get_tensor(b8_smem), storage.bars.data_ptr(), STAGES,
@@ -383,7 +407,7 @@ class MXGroupedGemmSm90Kernel:
         k_tiles = self.k_tiles
         # two register sets of A fragments: k-tile kt converts into set kt % 2 while the WGMMAs of
         # kt-1 still read the other (one set would make every conversion wait for the tensor cores)
-        tCrB, tCrB_n, acc, acc_n, rA, rA32 = self.mma_operands(mma_wide, mma_narrow, sA, STAGES, tidx, 2)
+        views, acc, rA, rA32 = self.mma_operands(mmas, sA, STAGES, tidx, 2)
         fc, f_rows, b_sc = self.weight_rows(b_scale, e, n_tile, tidx, warp)
         b8 = storage.sB8.data_ptr().toint()
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, STAGES)
@@ -400,11 +424,10 @@ class MXGroupedGemmSm90Kernel:
                 for j in cutlass.range_constexpr(BLOCKS):
                     self.weights_to_registers(stage, f_rows, fc, b_codes, rA32[half][j], j)
                 cute.nvgpu.warpgroup.fence()
-                # one group per k-tile (narrow is static here: no branch for ptxas to carry the
+                # one group per k-tile (the width is static here: no branch for ptxas to carry the
                 # group across, see mainloop_and_store)
                 for j in cutlass.range_constexpr(BLOCKS):
-                    self.issue_block(narrow, mma_wide, mma_narrow, acc[j], acc_n[j], rA[half][j], tCrB, tCrB_n,
-                                     read.index)
+                    self.issue_block(mmas[width], views[width], j, rA[half][j], read.index)
                 cute.nvgpu.warpgroup.commit_group()
                 # k-tile kt-1 retires: its register set is free, its stage goes back to TMA
                 cute.nvgpu.warpgroup.wait_group(1)
@@ -412,7 +435,7 @@ class MXGroupedGemmSm90Kernel:
                 read.advance()
         cute.nvgpu.warpgroup.wait_group(0)
         cute.arch.sync_threads()
-        self.store_acc_bf16(acc, mma_wide, storage, out, row0, rows, n_tile, tidx)
+        self.store_acc_bf16(acc, mmas[-1], storage, out, row0, rows, n_tile, tidx)
 
     @cute.jit
     def convert_tokens(self, src: Int32, dst: Int32, r0: Int32, kc: Int32, codes: list, rows: Int32):
@@ -437,32 +460,31 @@ class MXGroupedGemmSm90Kernel:
         stage_i = storage.sA8.data_ptr().toint()
         wg = tidx // 128
         for j in cutlass.range_constexpr(BLOCKS):
-            # this block's 64 features are columns 128 wg + 64 j of the token-major tile
+            # this block's 64 features are columns WG_FEATURES wg + 64 j of the token-major tile
             col0 = cute.make_ptr(BFloat16, stage_i + (wg * WG_FEATURES + 64 * j) * 2, cute.AddressSpace.smem,
                                  assumed_align=16)
             s_out = cute.make_tensor(col0, cute.make_layout((64, TILE_M), stride=(1, OUT_ROW_BYTES // 2)))
             stage_acc_bf16(acc[j], tiled_mma, s_out, tidx % 128, transposed=True)
         cute.arch.sync_threads()
-        self.store_staged(out, stage_i, row0, rows, n_tile, tidx)
-
-    @cute.jit
-    def store_staged(self, out, stage_i, row0, rows, n_tile, tidx):
-        """The staged [token][feature] bf16 tile -> the expert's rows of ``out`` (16-byte stores)."""
-        store_rows(out, self.n, n_tile * TILE_N, TILE_N, stage_i, OUT_ROW_BYTES, row0, rows, tidx)
+        store_rows(out, self.n, n_tile * TILE_N, TILE_N, stage_i, OUT_ROW_BYTES, row0, rows, tidx, THREADS, TILE_M)
 
     @cute.jit
     def swiglu_epilogue(self, probs, h, z_stage, h_stage, row0, rows, n_tile, tidx):
-        """Staged bf16 z (256 columns = 4 gate/up pairs) -> h = p * silu(g) * u, bf16, into the
-        128x128 quantize tile (rows past ``rows`` zeroed); optionally stored as bf16 ``h``."""
-        blk = (tidx // 4) % 4  # which gate/up pair
+        """Staged bf16 z (128 columns = 2 gate/up pairs) -> h = p * silu(g) * u, bf16, into the
+        256x64 h tile (rows past ``rows`` zeroed); optionally stored as bf16 ``h``."""
+        pairs = TILE_N // (2 * GLU)
+        per_row = 4 * pairs  # threads per row: 8 columns of each pair's 32
+        step = THREADS // per_row
+        h_pitch = row_bytes(H_COLS)
+        blk = (tidx // 4) % pairs  # which gate/up pair
         c8 = tidx % 4  # which 8 of its 32 columns
         hw = cute.make_rmem_tensor(4, Uint32)
-        for i in cutlass.range_constexpr(TILE_M // 16):
-            r = tidx // 16 + 16 * i
+        for i in cutlass.range_constexpr(TILE_M // step):
+            r = tidx // per_row + step * i
             hw.fill(0)
-            # row groups past the tile's tokens stay zero (decode tiles hold a few tokens: most
-            # of the 128 rows would be SiLU of stale values)
-            if 16 * i < rows:
+            # row groups past the unit's tokens stay zero (decode units hold a few tokens: most
+            # of the 256 rows would be SiLU of stale values)
+            if step * i < rows:
                 g = ld_shared(z_stage + r * OUT_ROW_BYTES + (blk * 2 * GLU + c8 * 8) * 2, 4)
                 u = ld_shared(z_stage + r * OUT_ROW_BYTES + (blk * 2 * GLU + GLU + c8 * 8) * 2, 4)
                 valid = r < rows
@@ -473,27 +495,31 @@ class MXGroupedGemmSm90Kernel:
                 hv = swiglu_bf16x2(g, u, p if self.with_probs else None, valid)
                 for j in cutlass.range_constexpr(4):
                     hw[j] = hv[j]
-            st_shared(h_stage + r * H_ROW_BYTES + (blk * GLU + c8 * 8) * 2, [hw[j] for j in range(4)])
+            st_shared(h_stage + r * h_pitch + (blk * GLU + c8 * 8) * 2, [hw[j] for j in range(4)])
         cute.arch.sync_threads()
         if cutlass.const_expr(self.h_bf16):
             self.store_h_bf16(h, h_stage, row0, rows, n_tile, tidx)
 
     @cute.jit
     def store_h_bf16(self, h, h_stage, row0, rows, n_tile, tidx, threads: cutlass.Constexpr = THREADS):
-        """The staged 128x128 h tile -> the expert's rows of bf16 ``h`` [T, N/2] (16-byte stores)."""
-        store_rows(h, self.hidden, n_tile * H_TILE_COLS, H_TILE_COLS, h_stage, H_ROW_BYTES, row0, rows, tidx, threads)
+        """The staged h tile (``self.h_rows`` x ``self.h_cols``) -> the expert's rows of bf16 ``h``
+        [T, N/2] (16-byte stores)."""
+        store_rows(h, self.hidden, n_tile * self.h_cols, self.h_cols, h_stage, row_bytes(self.h_cols), row0, rows,
+                   tidx, threads, self.h_rows)
 
 
 @cute.jit
 def store_rows(dst: cute.Pointer, dst_cols: cutlass.Constexpr, col0, cols: cutlass.Constexpr, stage: Int32,
-               stage_row_bytes: cutlass.Constexpr, row0, rows, tidx, threads: cutlass.Constexpr = THREADS):
-    """A staged bf16 tile (TILE_M rows ``stage_row_bytes`` apart, ``cols`` columns) -> rows ``row0 ..
-    row0 + rows - 1``, columns ``col0 ..`` of ``dst`` [T, dst_cols], by 16-byte stores of ``threads``
-    threads (``tidx`` < threads); rows past ``rows`` belong to the next expert and are not written."""
+               stage_row_bytes: cutlass.Constexpr, row0, rows, tidx, threads: cutlass.Constexpr,
+               tile_rows: cutlass.Constexpr):
+    """A staged bf16 tile (``tile_rows`` rows ``stage_row_bytes`` apart, ``cols`` columns) -> rows
+    ``row0 .. row0 + rows - 1``, columns ``col0 ..`` of ``dst`` [T, dst_cols], by 16-byte stores of
+    ``threads`` threads (``tidx`` < threads); rows past ``rows`` belong to the next expert and are
+    not written."""
     per_row = cols * 2 // 16  # 16-byte chunks per row
     ch = tidx % per_row
     base = dst.toint() + (Int64(row0) * dst_cols + col0 + ch * 8) * 2
-    for q in cutlass.range_constexpr(TILE_M * per_row // threads):
+    for q in cutlass.range_constexpr(tile_rows * per_row // threads):
         r = tidx // per_row + q * (threads // per_row)
         st_global(base + Int64(r) * (dst_cols * 2), ld_shared(stage + r * stage_row_bytes + ch * 16, 4), r < rows)
 
@@ -599,8 +625,10 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         _check_mx_operand(b_q, b_s, (num_experts, n, k), "b")
     if offsets.shape[0] != num_experts + 1:
         raise ValueError(f"offsets must have E+1 = {num_experts + 1} entries, got {offsets.shape[0]}")
-    if k % TILE_K or n % TILE_N:
-        raise ValueError(f"K must be a multiple of {TILE_K} and N of {TILE_N}, got K={k}, N={n}")
+    # FC1's h and the dense tile come in 256-feature steps (whole 128-column scale groups of h)
+    n_mult = 256 if swiglu or b_dequant is not None else TILE_N
+    if k % TILE_K or n % n_mult:
+        raise ValueError(f"K must be a multiple of {TILE_K} and N of {n_mult}, got K={k}, N={n}")
     if b_dequant is None and a_dequant is not None and k % (2 * TILE_K):
         raise ValueError(f"a_dequant needs K to be a multiple of {2 * TILE_K}, got K={k}")
     if num_experts > MAX_EXPERTS:
@@ -636,8 +664,10 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         hq_col = alloc((tokens, hidden), torch.uint8)
         hs_col = alloc((hidden, 4 * tiles) if swizzled else (4 * tiles, hidden), torch.uint8)
     if tokens > 0 and tiles > 0:
-        if tiles > 65535:  # placed tiles run along grid y
-            raise ValueError(f"{tokens} tokens over {num_experts} experts need {tiles} M tiles, more than 65535")
+        units = -(-tokens // UNIT_TOKENS) + num_experts - 1
+        if b_dequant is None and units > 65535:  # units run along grid y
+            raise ValueError(f"{tokens} tokens over {num_experts} experts need {units} 256-token units, more "
+                             "than 65535")
         flags = (swiglu, probs is not None, h_bf16, h_row, h_col, swizzled, a_dequant is not None, h_dequant,
                  b_dequant is not None)
         kern = compiled_mx_grouped_gemm_kernel(n, k, flags, target_arch(dev))
