@@ -71,7 +71,8 @@ def _sm90_mx_grouped_gemm_configs():
             "ld.global.nc.u8", "fence.proxy.async", "stmatrix")
     # FC1: the SiLU's branch-free division (activation.silu_exact) and its div.rn fallback
     fc1 = ("cvt.rn.satfinite.e4m3x2.f32", "rcp.approx.ftz.f32", "div.rn.f32")
-    # (N, K, (swiglu, with_probs, h_bf16, h_row, h_col, swizzled[, tokens_bf16, h_dequant])): FC2 and
+    # (N, K, (swiglu, with_probs, h_bf16, h_row, h_col, swizzled[, tokens_bf16, h_dequant, weights_bf16,
+    # decode])): FC2 and
     # FC1 of the issue's shapes, tokens as MXFP8 and as dequantized bf16 (the fused forward's configs)
     cfgs = [
         (7168, 2048, (False,) * 6),
@@ -83,6 +84,9 @@ def _sm90_mx_grouped_gemm_configs():
         # dense: weights as bf16 too (many tokens per expert), FC2 and FC1 as the fused forward runs them
         (7168, 2048, (False,) * 6 + (True, False, True)),
         (4096, 7168, (True, True, False, False, True, False, True, True, True)),
+        # the swapped forms' decode geometry (few tokens per expert): FC1 and FC2 of the flash decode shape
+        (4096, 4096, (True, True, False, False, True, False, True, True, False, True)),
+        (4096, 2048, (False,) * 6 + (True, False, False, True)),
     ]
 
     def must_for(flags):

@@ -66,14 +66,18 @@ def _check_gemm(out, a_dq, b_dq, sizes, offsets):
     return ref
 
 
+GEOMETRIES = [pytest.param(False, id="train"), pytest.param(True, id="decode")]
+
+
+@pytest.mark.parametrize("decode", GEOMETRIES)
 @pytest.mark.parametrize("sizes,n,k", [
     ([0, 1, 127, 128, 129, 0, 300], 256, 512),
     ([5, 0, 0, 200], 512, 64),  # one k-tile: fewer k-tiles than pipeline stages
     ([0, 0, 1], 256, 192),
 ])
-def test_fc2_edge_split_sizes(sizes, n, k):
+def test_fc2_edge_split_sizes(sizes, n, k, decode):
     (aq, as_, adq), (bq, bs, bdq), offsets = _problem(sizes, n, k, spread=20)
-    y = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, _poison=True)
+    y = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, _poison=True, _decode=decode)
     torch.cuda.synchronize()
     assert y.shape == (sum(sizes), n) and y.dtype == torch.bfloat16
     _check_gemm(y, adq, bdq, sizes, offsets)
@@ -96,19 +100,20 @@ def _h_reference(z, probs):
     return swiglu(z.float(), probs).to(torch.bfloat16)
 
 
+@pytest.mark.parametrize("decode", GEOMETRIES)
 @pytest.mark.parametrize("swizzled", [False, True])
 @pytest.mark.parametrize("with_probs", [True, False])
 @pytest.mark.parametrize("sizes,h,k", [
     ([0, 1, 127, 128, 129, 0, 300, 31], 256, 512),
     ([1, 0, 0, 0], 512, 256),
 ])
-def test_fc1_swiglu_mxfp8(sizes, h, k, with_probs, swizzled):
+def test_fc1_swiglu_mxfp8(sizes, h, k, with_probs, swizzled, decode):
     n = 2 * h
     (aq, as_, adq), (bq, bs, bdq), offsets = _problem(sizes, n, k, seed=5)
     t = sum(sizes)
     probs = torch.rand(t, device="cuda") if with_probs else None
     out = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, swiglu=True, probs=probs, h_bf16=True, h_row=True,
-                               h_col=True, swizzled=swizzled, _poison=True)
+                               h_col=True, swizzled=swizzled, _poison=True, _decode=decode)
     torch.cuda.synchronize()
     z = out["z"]
     _check_gemm(z, adq, bdq, sizes, offsets)
@@ -160,16 +165,17 @@ def test_rejects_bad_operands():
         mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, h_row=True)
 
 
+@pytest.mark.parametrize("decode", GEOMETRIES)
 @pytest.mark.parametrize("swiglu", [False, True])
-def test_dequantized_tokens_bit_identical(swiglu):
+def test_dequantized_tokens_bit_identical(swiglu, decode):
     """a_dequant (bf16 tokens TMA'd straight into the operand layout) gives the MXFP8 path's bytes,
-    over narrow (<= 32 tokens) and wide tiles, empty and 1-token experts."""
-    sizes = [0, 1, 33, 130, 5, 0, 77, 32]
+    over narrow (<= 32 tokens), 128- and 256-token units, empty and 1-token experts."""
+    sizes = [0, 1, 33, 130, 5, 0, 77, 32, 256, 300]
     (aq, as_, _), (bq, bs, _), offsets = _problem(sizes, 512, 384, seed=11, spread=6)
-    kw = {}
+    kw = {"_decode": decode}
     if swiglu:
         kw = dict(swiglu=True, probs=torch.rand(sum(sizes), device="cuda"), h_bf16=True, h_row=True, h_col=True,
-                  swizzled=True)
+                  swizzled=True, _decode=decode)
     ref = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, **kw)
     got = mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=dequantize_rowwise_kperm(aq, as_),
                                _poison=True, **kw)
@@ -180,7 +186,8 @@ def test_dequantized_tokens_bit_identical(swiglu):
         kw.pop("h_row")
         hd = mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=dequantize_rowwise_kperm(aq, as_),
                                   h_dequant=True, _poison=True, **kw)
-        plain = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, swiglu=True, probs=kw["probs"], h_row=True)
+        plain = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, swiglu=True, probs=kw["probs"], h_row=True,
+                                     _decode=decode)
         assert hd["h_row"] is None
         assert torch.equal(hd["h_dequant"], dequantize_rowwise_kperm(*plain["h_row"]))
         assert torch.equal(hd["z"], ref["z"])
@@ -190,6 +197,26 @@ def test_dequantized_tokens_bit_identical(swiglu):
         g = got[name]
         for rt, gt in zip(r if isinstance(r, tuple) else (r,), g if isinstance(g, tuple) else (g,)):
             assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
+
+
+def test_geometries_bit_identical():
+    """The training (256 tokens x 128 features) and decode (128 x 256) geometries of the swapped
+    kernels write the same bytes: FC1 with every h output, and FC2, on bf16 tokens."""
+    sizes = [0, 1, 33, 130, 5, 0, 77, 32, 256, 300, 129]
+    (aq, as_, _), (bq, bs, _), offsets = _problem(sizes, 512, 512, seed=13, spread=6)
+    ad = dequantize_rowwise_kperm(aq, as_)
+    kw = dict(swiglu=True, probs=torch.rand(sum(sizes), device="cuda"), h_bf16=True, h_col=True, swizzled=True,
+              h_dequant=True)
+    outs = [mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _poison=True, _decode=d, **kw)
+            for d in (False, True)]
+    for name, r in outs[0].items():
+        g = outs[1][name]
+        for rt, gt in zip(r if isinstance(r, tuple) else (r,), g if isinstance(g, tuple) else (g,)):
+            if rt is not None:
+                assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
+    ys = [mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _poison=True, _decode=d)
+          for d in (False, True)]
+    assert torch.equal(ys[0], ys[1])
 
 
 def _dense_weights(bq, bs):

@@ -45,20 +45,21 @@ def placed_tile(offsets: cute.Pointer, num_experts: Int32, tile: Int32, lane: In
     return e, row0, rows
 
 
-UNIT_TOKENS = 2 * TILE_TOKENS
-
 
 @cute.jit
-def placed_unit(offsets: cute.Pointer, num_experts: Int32, unit: Int32, lane: Int32, num_tiles: Int32):
-    """Unit ``unit`` of the placement of 256-token pairs of placed tiles (expert e's units start at
-    ``offsets[e] // 256 + e``; ``ceil(T / 256) + E - 1`` of them): a unit never straddles two
-    experts, and the units cover every placed 128-token tile, gap tiles included, exactly once.
-    Returns (expert, first token, the unit's rows in [0, 256], its first placed tile, how many of
-    its two placed tiles exist (a unit past its expert's placed tiles has 1 or 0)). Warp-uniform."""
-    e, tok0, tok1 = find_expert(offsets, num_experts, unit, lane, UNIT_TOKENS)
-    first_local = 2 * (unit - (tok0 // UNIT_TOKENS + e))
+def placed_unit(offsets: cute.Pointer, num_experts: Int32, unit: Int32, lane: Int32, num_tiles: Int32,
+                unit_tiles: cutlass.Constexpr = 2):
+    """Unit ``unit`` of the placement of ``unit_tiles`` consecutive placed tiles (expert e's units
+    start at ``offsets[e] // (128 unit_tiles) + e``; ``ceil(T / (128 unit_tiles)) + E - 1`` of them;
+    one tile: the placed tiles themselves): a unit never straddles two experts, and the units cover
+    every placed 128-token tile, gap tiles included, exactly once. Returns (expert, first token,
+    the unit's rows in [0, 128 unit_tiles], its first placed tile, how many of its placed tiles
+    exist (a unit past its expert's placed tiles has fewer)). Warp-uniform."""
+    unit_tokens = unit_tiles * TILE_TOKENS
+    e, tok0, tok1 = find_expert(offsets, num_experts, unit, lane, unit_tokens)
+    first_local = unit_tiles * (unit - (tok0 // unit_tokens + e))
     tile0 = tok0 // TILE_TOKENS + e + first_local
     row0 = tok0 + TILE_TOKENS * first_local
-    rows = cutlass.max(cutlass.min(tok1 - row0, Int32(UNIT_TOKENS)), Int32(0))
-    tiles = cutlass.min(tok1 // TILE_TOKENS + e + 1, num_tiles) - tile0
+    rows = cutlass.max(cutlass.min(tok1 - row0, Int32(unit_tokens)), Int32(0))
+    tiles = cutlass.min(cutlass.min(tok1 // TILE_TOKENS + e + 1, num_tiles) - tile0, Int32(unit_tiles))
     return e, row0, rows, tile0, tiles

@@ -29,7 +29,7 @@ import torch
 from cutlass import BFloat16, Float32, Int32, Int64, Uint8
 
 from ..common.activation import swiglu_bf16x2
-from ..common.placement import TILE_TOKENS, UNIT_TOKENS, placed_unit
+from ..common.placement import TILE_TOKENS, placed_unit
 from ..common.ptx import f32_to_bf16x2, ld_global_v4_pred, quad_transpose, st_global, st_shared
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_BYTES as H_TILE_BYTES
@@ -43,7 +43,6 @@ DENSE_STAGES = 4  # 4 x 48 KB of bf16 tokens + weights
 # clusters of 2 CTAs on two token tiles of one expert (same N tile) load the weight tile once, by
 # TMA multicast (32 instead of 48 KB read from L2 per k-tile; the bf16 mainloop waits on L2)
 DENSE_CLUSTER = 2
-assert DENSE_CLUSTER * TILE_TOKENS == UNIT_TOKENS  # a cluster's CTAs take the two tiles of a unit
 # units in launch order sweep bands of 16 N tiles (parts.banded_coords; the swapped kernel's 8): on
 # the H200, 16 beat 2 / 4 / 8 / 24 / 32 for FC1 and FC2 of dsv3 and mixtral (bench/RESULTS.md,
 # session 10: an L2 hit rate of 46% at 8 made the mainloop wait for its stages)
@@ -62,8 +61,10 @@ for _c, _p in DENSE_REGS.values():
 class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
     """``weights_bf16``: see the module docstring; constructor flags as the base class's."""
 
-    tile_m, tile_n = TILE_M, TILE_N
-    h_rows, h_cols = TILE_M, TILE_N // 2
+    def set_geometry(self, decode: bool):
+        """One tile for all token counts: 128 tokens x 256 features (``decode`` is the swapped forms')."""
+        self.tile_m, self.tile_n = TILE_M, TILE_N
+        self.h_rows, self.h_cols = TILE_M, TILE_N // 2
 
     @cute.jit
     def __call__(self, a: cute.Pointer, a_scale: cute.Pointer, b: cute.Pointer, b_scale: cute.Pointer,
@@ -132,7 +133,8 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         z_full = pipeline.NamedBarrier(barrier_id=2, num_threads=THREADS + EPI_THREADS)
         z_taken = pipeline.NamedBarrier(barrier_id=3, num_threads=THREADS + EPI_THREADS)
         n_tiles = self.n // TILE_N
-        units = (tokens + UNIT_TOKENS - 1) // UNIT_TOKENS + num_experts - 1
+        group = DENSE_CLUSTER * TILE_TOKENS
+        units = (tokens + group - 1) // group + num_experts - 1
         bx, _, _ = cute.arch.block_idx()
         grid, _, _ = cute.arch.grid_dim()
         rank = bx % DENSE_CLUSTER
@@ -209,7 +211,8 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         tiles does not)). Warp-uniform."""
         offsets, num_experts, num_tiles, n_tiles, units, rank, lane = where
         n_tile, unit_idx = banded_coords(u, n_tiles, units, DENSE_RASTER_BAND)
-        e, row0, unit_rows, tile0, unit_tiles = placed_unit(offsets, num_experts, unit_idx, lane, num_tiles)
+        e, row0, unit_rows, tile0, unit_tiles = placed_unit(offsets, num_experts, unit_idx, lane, num_tiles,
+                                                            DENSE_CLUSTER)
         first_rows = cutlass.min(unit_rows, Int32(TILE_TOKENS))
         rows = cutlass.max(cutlass.min(unit_rows - TILE_TOKENS * rank, Int32(TILE_TOKENS)), Int32(0))
         return n_tile, e, row0 + TILE_TOKENS * rank, rows, first_rows, tile0 + rank, rank < unit_tiles
@@ -283,6 +286,6 @@ def resident_clusters(dev, cluster: int) -> int:
 def dense_grid(dev, n: int, tokens: int, num_experts: int, clusters=None) -> int:
     """The dense kernel's grid (CTAs): every resident cluster (or ``clusters``, tests), at most one
     per unit (pair of placed 128-token tiles x N tile)."""
-    units = (n // TILE_N) * (-(-tokens // UNIT_TOKENS) + num_experts - 1)
+    units = (n // TILE_N) * (-(-tokens // (DENSE_CLUSTER * TILE_TOKENS)) + num_experts - 1)
     clusters = resident_clusters(dev, DENSE_CLUSTER) if clusters is None else clusters
     return min(clusters, units) * DENSE_CLUSTER

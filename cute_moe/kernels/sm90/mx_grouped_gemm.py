@@ -67,27 +67,30 @@ from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
 from ...quant.layout import grouped_tiles
 from ...quant.mxfp8 import dequantize
 from ..common.activation import swiglu_bf16x2
-from ..common.placement import MAX_EXPERTS, TILE_TOKENS, UNIT_TOKENS, placed_unit
+from ..common.placement import MAX_EXPERTS, TILE_TOKENS, placed_unit
 from ..common.ptx import e4m3_to_bf16_scaled, ld_global_u8, ld_shared, st_global, st_shared
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise, row_bytes
 from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
 from .parts import (banded_tile, bf16_view, grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16,
                     release_and_refill, stage_acc_bf16, start_ab_pipeline, token_tma_atom)
 
-TILE_M = UNIT_TOKENS  # tokens of a unit (WGMMA's N side): two placed 128-token tiles
-TILE_N = 128  # features (WGMMA's M side); FC1: 2 gate/up pairs -> 64 columns of h
 TILE_K = 64  # 64 e4m3 = one 64-byte stage row; 64 bf16 = one 128-byte swizzle atom
 WARPGROUPS = 2
-WG_FEATURES = TILE_N // WARPGROUPS  # one 64-row WGMMA block per warpgroup
-BLOCKS = WG_FEATURES // 64
 THREADS = 128 * WARPGROUPS
-STAGES = 5  # TMA ring: 5 x (32 KB bf16 / 16 KB e4m3 tokens + 8 KB weights); also holds the staged tiles
-TOK_BUFS = 3  # bf16 token operands of the MXFP8-token path: 3 x 32 KB (see the module docstring)
+# A CTA's work, two ways: (placed 128-token tiles per unit, features, TMA stages).
+# - training: 256 tokens x 128 features, one 64-row WGMMA block per warpgroup; 5 stages of 32 KB
+#   bf16 (16 KB e4m3) tokens + 8 KB weights;
+# - decode: 128 tokens x 256 features, two blocks per warpgroup; 6 stages of 16 KB + 16 KB: with
+#   a few tokens per expert the kernel streams weights, and twice the weight bytes per stage (and
+#   per CTA) keep that stream at HBM speed (session 12, H200: the training form read 2300-2650 GB/s
+#   of weights in decode, this one 3000-3200).
+TRAIN_GEOMETRY = (2, 128, 5)
+DECODE_GEOMETRY = (1, 256, 6)
+# the launcher picks the training form from this many tokens per expert on average (T / E)
+TRAIN_MIN_TOKENS_PER_EXPERT = TILE_TOKENS
+TOK_BUFS = 3  # bf16 token operands of the MXFP8-token path (see the module docstring)
 NARROW = 32  # units with at most this many tokens use 64 x NARROW WGMMAs
-WIDTHS = (NARROW, TILE_TOKENS, TILE_M)  # WGMMA N by the unit's tokens: <= 32, <= 128, more
 GLU = 32
-OUT_ROW_BYTES = TILE_N * 2 + 16  # staged bf16 output rows; +16 spreads stmatrix rows over banks
-H_COLS = TILE_N // 2  # h columns of a tile
 CHUNK = 16  # bytes of e4m3 per conversion chunk
 
 
@@ -97,14 +100,13 @@ class MXGroupedGemmSm90Kernel:
     are written; ``probs`` (fp32 [T]) scales ``h`` when ``with_probs``."""
 
     threads = THREADS
-    tile_m, tile_n = TILE_M, TILE_N  # a CTA's tokens x features
-    h_rows, h_cols = TILE_M, H_COLS  # the staged h tile (FC1)
 
     def __init__(self, n: int, k: int, swiglu: bool = False, with_probs: bool = False, h_bf16: bool = False,
                  h_row: bool = False, h_col: bool = False, swizzled: bool = False, tokens_bf16: bool = False,
-                 h_dequant: bool = False, weights_bf16: bool = False):
+                 h_dequant: bool = False, weights_bf16: bool = False, decode: bool = False):
         if k <= 0 or k % TILE_K:
             raise ValueError(f"K must be a positive multiple of {TILE_K}, got {k}")
+        self.set_geometry(decode)
         # FC1's h comes in whole 128-column scale groups (N = 2H, H % 128 == 0)
         n_mult = max(self.tile_n, 256) if swiglu else self.tile_n
         if n <= 0 or n % n_mult:
@@ -131,6 +133,17 @@ class MXGroupedGemmSm90Kernel:
         # warpgroup), features its N (256), both operands from shared memory, no conversion at all
         self.weights_bf16 = weights_bf16
 
+    def set_geometry(self, decode: bool):
+        """A CTA's tile (see TRAIN_GEOMETRY): ``tile_m`` tokens (``unit_tiles`` placed tiles) x
+        ``tile_n`` features, ``blocks`` 64-row WGMMA blocks per warpgroup, the WGMMA N by the unit's
+        tokens (``widths``), the staged output / h tiles."""
+        self.unit_tiles, self.tile_n, self.stages = DECODE_GEOMETRY if decode else TRAIN_GEOMETRY
+        self.tile_m = TILE_TOKENS * self.unit_tiles
+        self.blocks = self.tile_n // WARPGROUPS // 64
+        self.widths = (NARROW, TILE_TOKENS, self.tile_m)  # <= 32, <= 128, more (training form only)
+        self.out_row_bytes = self.tile_n * 2 + 16  # staged bf16 output rows; +16 spreads stmatrix rows over banks
+        self.h_rows, self.h_cols = self.tile_m, self.tile_n // 2
+
     @cute.jit
     def __call__(self, a: cute.Pointer, a_scale: cute.Pointer, b: cute.Pointer, b_scale: cute.Pointer,
                  offsets: cute.Pointer, out: cute.Pointer, probs: cute.Pointer, h: cute.Pointer,
@@ -139,13 +152,13 @@ class MXGroupedGemmSm90Kernel:
         N, K = self.n, self.k
         row_major = cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
         if cutlass.const_expr(self.tokens_bf16):
-            a8_smem = sm90_utils.make_smem_layout_b(row_major, (64, TILE_M, TILE_K), BFloat16, STAGES)
+            a8_smem = sm90_utils.make_smem_layout_b(row_major, (64, self.tile_m, TILE_K), BFloat16, self.stages)
         else:
-            a8_smem = cute.make_layout((TILE_M, TILE_K, STAGES), stride=(TILE_K, 1, TILE_M * TILE_K))
-        b8_smem = cute.make_layout((TILE_N, TILE_K, STAGES), stride=(TILE_K, 1, TILE_N * TILE_K))
-        # tokens are the WGMMA's B operand: (N = TILE_M tokens, K) per buffer, 128-byte swizzled
-        t16_smem = sm90_utils.make_smem_layout_b(row_major, (64, TILE_M, TILE_K), BFloat16, TOK_BUFS)
-        mma_narrow, mma_half, mma_wide = [make_tiled_mma_bf16(1, w, a_in_registers=True) for w in WIDTHS]
+            a8_smem = cute.make_layout((self.tile_m, TILE_K, self.stages), stride=(TILE_K, 1, self.tile_m * TILE_K))
+        b8_smem = cute.make_layout((self.tile_n, TILE_K, self.stages), stride=(TILE_K, 1, self.tile_n * TILE_K))
+        # tokens are the WGMMA's B operand: (N = self.tile_m tokens, K) per buffer, 128-byte swizzled
+        t16_smem = sm90_utils.make_smem_layout_b(row_major, (64, self.tile_m, TILE_K), BFloat16, TOK_BUFS)
+        mma_narrow, mma_half, mma_wide = [make_tiled_mma_bf16(1, w, a_in_registers=True) for w in self.widths]
         # TMA over the e4m3 bytes, into plain row-major stages
         tma_a, tma_mA, tma_b, tma_mB = grouped_tma_atoms(
             a, b, tokens, num_experts, N, K, cute.slice_(a8_smem, (None, None, 0)),
@@ -154,27 +167,27 @@ class MXGroupedGemmSm90Kernel:
         if cutlass.const_expr(self.tokens_bf16):
             # narrower units load a 32- or 128-row token box into the first rows of the stage (same
             # 128-byte swizzle): most of a 256-row box would be other experts' rows
-            boxes = [sm90_utils.make_smem_layout_b(row_major, (64, w, TILE_K), BFloat16, 1) for w in WIDTHS[:2]]
+            boxes = [sm90_utils.make_smem_layout_b(row_major, (64, w, TILE_K), BFloat16, 1) for w in self.widths[:2]]
             tma_a_n, tma_mA_n = token_tma_atom(a, tokens, K, cute.slice_(boxes[0], (None, None, 0)), NARROW, TILE_K)
             tma_a_h, tma_mA_h = token_tma_atom(a, tokens, K, cute.slice_(boxes[1], (None, None, 0)), TILE_TOKENS,
                                                TILE_K)
 
-        a_bytes = TILE_M * TILE_K * STAGES * (2 if self.tokens_bf16 else 1)
+        a_bytes = self.tile_m * TILE_K * self.stages * (2 if self.tokens_bf16 else 1)
         t16_elems = 1024 if self.tokens_bf16 else cute.cosize(t16_smem)
 
         @cute.struct
         class SharedStorage:
-            bars: cute.struct.MemRange[cutlass.Int64, STAGES * 2]
+            bars: cute.struct.MemRange[cutlass.Int64, self.stages * 2]
             sA8: cute.struct.Align[cute.struct.MemRange[Uint8, a_bytes], 1024]
             sB8: cute.struct.Align[cute.struct.MemRange[Uint8, cute.cosize(b8_smem)], 1024]
             sT16: cute.struct.Align[cute.struct.MemRange[BFloat16, t16_elems], 1024]
 
         self.shared_storage = SharedStorage
-        units = (tokens + UNIT_TOKENS - 1) // UNIT_TOKENS + num_experts - 1
+        units = (tokens + self.tile_m - 1) // self.tile_m + num_experts - 1
         self.kernel(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, offsets, out, probs, h, hq_row, hs_row,
                     hq_col, hs_col, tokens, num_experts, num_tiles, mma_wide, mma_half, mma_narrow, a8_smem, b8_smem,
                     t16_smem, tma_a_n, tma_mA_n, tma_a_h, tma_mA_h).launch(
-            grid=[N // TILE_N, units, 1], block=[THREADS, 1, 1], stream=stream)
+            grid=[N // self.tile_n, units, 1], block=[THREADS, 1, 1], stream=stream)
 
     @cute.kernel
     def kernel(self, tma_a: cute.CopyAtom, tma_mA: cute.Tensor, tma_b: cute.CopyAtom, tma_mB: cute.Tensor,
@@ -188,7 +201,8 @@ class MXGroupedGemmSm90Kernel:
         tidx, _, _ = cute.arch.thread_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         n_tile, unit = banded_tile()
-        e, row0, rows, tile0, unit_tiles = placed_unit(offsets, num_experts, unit, tidx % 32, num_tiles)
+        e, row0, rows, tile0, unit_tiles = placed_unit(offsets, num_experts, unit, tidx % 32, num_tiles,
+                                                       self.unit_tiles)
         storage = cutlass.memory.SmemAllocator().allocate(self.shared_storage)
         # epilogue staging reuses the operand buffers: the bf16 out tile in the token ring (68 KB),
         # the h tile in the bf16 token buffers or the weight ring (36 KB)
@@ -196,7 +210,7 @@ class MXGroupedGemmSm90Kernel:
         h_stage = storage.sT16.data_ptr().toint()
         if cutlass.const_expr(self.tokens_bf16):
             h_stage = storage.sB8.data_ptr().toint()
-        mmas = (mma_narrow, mma_half, mma_wide)  # by WIDTHS
+        mmas = (mma_narrow, mma_half, mma_wide)  # by self.widths
         # zeroed accumulators + ACCUMULATE always on; set here, outside the branches below: a field
         # set inside one branch would be an IR value the other branch cannot use
         for m in mmas:
@@ -208,12 +222,17 @@ class MXGroupedGemmSm90Kernel:
                 if rows <= NARROW:
                     self.mainloop_bf16_tokens(tma_a_n, tma_mA_n, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile,
                                               tidx, warp, storage, mmas, a8_smem, b8_smem, 0)
-                elif rows <= TILE_TOKENS:
-                    self.mainloop_bf16_tokens(tma_a_h, tma_mA_h, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile,
-                                              tidx, warp, storage, mmas, a8_smem, b8_smem, 1)
                 else:
-                    self.mainloop_bf16_tokens(tma_a, tma_mA, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile,
-                                              tidx, warp, storage, mmas, a8_smem, b8_smem, 2)
+                    if cutlass.const_expr(self.tile_m > TILE_TOKENS):  # training form: 128 or 256
+                        if rows <= TILE_TOKENS:
+                            self.mainloop_bf16_tokens(tma_a_h, tma_mA_h, tma_b, tma_mB, b_scale, out, e, row0, rows,
+                                                      n_tile, tidx, warp, storage, mmas, a8_smem, b8_smem, 1)
+                        else:
+                            self.mainloop_bf16_tokens(tma_a, tma_mA, tma_b, tma_mB, b_scale, out, e, row0, rows,
+                                                      n_tile, tidx, warp, storage, mmas, a8_smem, b8_smem, 2)
+                    else:
+                        self.mainloop_bf16_tokens(tma_a, tma_mA, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile,
+                                                  tidx, warp, storage, mmas, a8_smem, b8_smem, 2)
             else:
                 self.mainloop_and_store(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows,
                                         n_tile, tidx, warp, storage, mmas, a8_smem, b8_smem, t16_smem)
@@ -221,9 +240,10 @@ class MXGroupedGemmSm90Kernel:
                 self.swiglu_epilogue(probs, h, out_stage, h_stage, row0, rows, n_tile, tidx)
         if cutlass.const_expr(self.swiglu):
             # one 128-row h tile per placed tile of the unit (gap tiles: padding scale codes only)
-            for half in cutlass.range_constexpr(2):
+            for half in cutlass.range_constexpr(self.unit_tiles):
                 if half < unit_tiles:
-                    self.quantize_h(h_stage + half * TILE_TOKENS * row_bytes(H_COLS), hq_row, hs_row, hq_col, hs_col,
+                    self.quantize_h(h_stage + half * TILE_TOKENS * row_bytes(self.h_cols), hq_row, hs_row, hq_col,
+                                    hs_col,
                                     tile0 + half, n_tile, row0 + half * TILE_TOKENS,
                                     cutlass.max(cutlass.min(rows - half * TILE_TOKENS, Int32(TILE_TOKENS)), Int32(0)),
                                     num_tiles, tidx)
@@ -254,16 +274,16 @@ class MXGroupedGemmSm90Kernel:
         """Per warpgroup (features x tokens), for each WGMMA width: B fragments over the bf16 token
         buffers (the first ``width`` rows, same swizzled layout) and the accumulators as that
         width's (the first width / 8 n-blocks of the wide ones: same registers); the zeroed fp32
-        accumulators; ``sets`` x BLOCKS A fragments in registers, also as 16 words each."""
+        accumulators; ``sets`` x self.blocks A fragments in registers, also as 16 words each."""
         thr = [m.get_slice(tidx % 128) for m in mmas]
-        acc = [cute.make_rmem_tensor(thr[-1].partition_shape_C((64, TILE_M)), Float32) for _ in range(BLOCKS)]
+        acc = [cute.make_rmem_tensor(thr[-1].partition_shape_C((64, self.tile_m)), Float32) for _ in range(self.blocks)]
         views = []
-        for i, width in enumerate(WIDTHS):
+        for i, width in enumerate(self.widths):
             s_tok = cute.local_tile(sTok16, (width, TILE_K, bufs), (0, 0, 0))
             acc_w = [cute.make_tensor(x.iterator, cute.make_layout(thr[i].partition_shape_C((64, width))))
                      for x in acc]
             views.append((mmas[i].make_fragment_B(thr[i].partition_B(s_tok)), acc_w))
-        rA = [[mmas[-1].make_fragment_A(thr[-1].partition_shape_A((64, TILE_K))) for _ in range(BLOCKS)]
+        rA = [[mmas[-1].make_fragment_A(thr[-1].partition_shape_A((64, TILE_K))) for _ in range(self.blocks)]
               for _ in range(sets)]
         rA32 = [[cute.make_tensor(cute.recast_ptr(x.iterator, dtype=Uint32), cute.make_layout(TILE_K // 4))
                  for x in per_set] for per_set in rA]
@@ -273,19 +293,19 @@ class MXGroupedGemmSm90Kernel:
 
     @cute.jit
     def weight_rows(self, b_scale, e, n_tile, tidx, warp):
-        """This thread's A-fragment rows: block j, half q -> feature row 64 (wg BLOCKS + j) + 16 (warp
+        """This thread's A-fragment rows: block j, half q -> feature row 64 (wg self.blocks + j) + 16 (warp
         % 4) + lane // 4 + 8 q, of which it reads the 16 bytes of chunk lane % 4 (one E8M0 code:
         block (lane % 4) // 2 of the k-tile). Returns (chunk, rows, (the first row's scale-code
         address at k-tile 0, the other rows' static offsets from it))."""
         wg = cute.arch.make_warp_uniform(tidx // 128)
         fc = tidx % 4
-        f_rows = [wg * WG_FEATURES + 64 * (i // 2) + 16 * (warp % 4) + (tidx % 32) // 4 + 8 * (i % 2)
-                  for i in range(2 * BLOCKS)]
+        f_rows = [wg * (self.tile_n // WARPGROUPS) + 64 * (i // 2) + 16 * (warp % 4) + (tidx % 32) // 4 + 8 * (i % 2)
+                  for i in range(2 * self.blocks)]
         kb = self.k // 32
         # one 64-bit address and static offsets (the rows are 8 and 64 apart): live addresses cost
         # the mainloop registers it does not have
-        b_sc = b_scale.toint() + (Int64(e) * self.n + n_tile * TILE_N + f_rows[0]) * kb + fc // 2
-        return fc, f_rows, (b_sc, [(64 * (i // 2) + 8 * (i % 2)) * kb for i in range(2 * BLOCKS)])
+        b_sc = b_scale.toint() + (Int64(e) * self.n + n_tile * self.tile_n + f_rows[0]) * kb + fc // 2
+        return fc, f_rows, (b_sc, [(64 * (i // 2) + 8 * (i % 2)) * kb for i in range(2 * self.blocks)])
 
     @cute.jit
     def weight_codes(self, b_sc, kb_index):
@@ -320,8 +340,8 @@ class MXGroupedGemmSm90Kernel:
         """MXFP8 tokens: all warps dequantize the stage's token rows into bf16 buffers (one CTA
         barrier per k-tile), then each warpgroup its weight rows into registers."""
         ab_pipe, prod, parts = start_ab_pipeline(tma_a, tma_mA, storage.sA8.get_tensor(a8_smem), tma_b, tma_mB,
-                                                 storage.sB8.get_tensor(b8_smem), storage.bars.data_ptr(), STAGES,
-                                                 (TILE_M + TILE_N) * TILE_K, self.k_tiles, row0, e, n_tile,
+                                                 storage.sB8.get_tensor(b8_smem), storage.bars.data_ptr(), self.stages,
+                                                 (self.tile_m + self.tile_n) * TILE_K, self.k_tiles, row0, e, n_tile,
                                                  self.tile_mnk, warp, THREADS // 32)
         k_tiles = self.k_tiles
         sT16 = storage.sT16.get_tensor(t16_smem.outer, swizzle=t16_smem.inner)
@@ -336,12 +356,12 @@ class MXGroupedGemmSm90Kernel:
         b8 = storage.sB8.data_ptr().toint()
         t16 = storage.sT16.data_ptr().toint()
         a_sc = []
-        for i in cutlass.range_constexpr(TILE_M // 64):
+        for i in cutlass.range_constexpr(self.tile_m // 64):
             # rows past T hold TMA zeros; any in-bounds scale byte serves them
             r = cutlass.min(row0 + r0 + 64 * i, tokens - 1)
             a_sc.append(a_scale.toint() + Int64(r) * kb + kc // 2)
 
-        read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, STAGES)
+        read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         buf = Int32(0)
         # scale codes run one k-tile ahead in registers: an L2 round trip per k-tile would
         # otherwise stall every warp right before its conversion
@@ -354,8 +374,8 @@ class MXGroupedGemmSm90Kernel:
             a_next = [ld_global_u8(p + nxt) for p in a_sc]
             b_next = self.weight_codes(b_sc, nxt)
             ab_pipe.consumer_wait(read)
-            self.convert_tokens(a8 + read.index * (TILE_M * TILE_K), t16 + buf * (TILE_M * TILE_K * 2), r0, kc,
-                                a_codes, rows)
+            tok_bytes = self.tile_m * TILE_K
+            self.convert_tokens(a8 + read.index * tok_bytes, t16 + buf * (2 * tok_bytes), r0, kc, a_codes, rows)
             # generic-proxy smem writes -> visible to WGMMA (async proxy), then to every warp
             cute.arch.fence_proxy("async.shared", space="cta")
             cute.arch.sync_threads()
@@ -363,8 +383,8 @@ class MXGroupedGemmSm90Kernel:
             if warp == 0 and kt > 0 and prod.count < k_tiles:
                 load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts)
                 prod.advance()
-            stage = b8 + read.index * (TILE_N * TILE_K)
-            for j in cutlass.range_constexpr(BLOCKS):
+            stage = b8 + read.index * (self.tile_n * TILE_K)
+            for j in cutlass.range_constexpr(self.blocks):
                 # WGMMA (kt-1, j) read rA[j]: retire it before overwriting
                 cute.nvgpu.warpgroup.wait_group(1)
                 self.weights_to_registers(stage, f_rows, fc, b_codes, rA32[0][j], j)
@@ -374,12 +394,17 @@ class MXGroupedGemmSm90Kernel:
                 if rows <= NARROW:
                     self.issue_block(mmas[0], views[0], j, rA[0][j], buf)
                     cute.nvgpu.warpgroup.commit_group()
-                elif rows <= TILE_TOKENS:
-                    self.issue_block(mmas[1], views[1], j, rA[0][j], buf)
-                    cute.nvgpu.warpgroup.commit_group()
                 else:
-                    self.issue_block(mmas[2], views[2], j, rA[0][j], buf)
-                    cute.nvgpu.warpgroup.commit_group()
+                    if cutlass.const_expr(self.tile_m > TILE_TOKENS):
+                        if rows <= TILE_TOKENS:
+                            self.issue_block(mmas[1], views[1], j, rA[0][j], buf)
+                            cute.nvgpu.warpgroup.commit_group()
+                        else:
+                            self.issue_block(mmas[2], views[2], j, rA[0][j], buf)
+                            cute.nvgpu.warpgroup.commit_group()
+                    else:
+                        self.issue_block(mmas[2], views[2], j, rA[0][j], buf)
+                        cute.nvgpu.warpgroup.commit_group()
             ab_pipe.consumer_release(read)
             read.advance()
             buf = buf + 1
@@ -394,24 +419,24 @@ class MXGroupedGemmSm90Kernel:
     def mainloop_bf16_tokens(self, tma_a, tma_mA, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile, tidx, warp,
                              storage, mmas, a_smem, b8_smem, width: cutlass.Constexpr):
         """Tokens arrive as bf16 (TMA straight into the swizzled operand layout): only the weights
-        are dequantized, and the warpgroups never wait for each other. ``width``: index into WIDTHS
+        are dequantized, and the warpgroups never wait for each other. ``width``: index into self.widths
         of the WGMMA N (the unit's tokens); ``tma_a`` loads boxes of that many rows into the first
         rows of each stage."""
         sA = bf16_view(storage.sA8, a_smem)
-        box = WIDTHS[width]
-        sA_box = cute.local_tile(sA, (box, TILE_K, STAGES), (0, 0, 0))
+        box = self.widths[width]
+        sA_box = cute.local_tile(sA, (box, TILE_K, self.stages), (0, 0, 0))
         ab_pipe, prod, parts = start_ab_pipeline(tma_a, tma_mA, sA_box, tma_b, tma_mB,
-                                                 storage.sB8.get_tensor(b8_smem), storage.bars.data_ptr(), STAGES,
-                                                 (2 * box + TILE_N) * TILE_K, self.k_tiles, row0, e, n_tile,
-                                                 (box, TILE_N, TILE_K), warp, THREADS // 32)
+                                                 storage.sB8.get_tensor(b8_smem), storage.bars.data_ptr(), self.stages,
+                                                 (2 * box + self.tile_n) * TILE_K, self.k_tiles, row0, e, n_tile,
+                                                 (box, self.tile_n, TILE_K), warp, THREADS // 32)
         k_tiles = self.k_tiles
         # two register sets of A fragments: k-tile kt converts into set kt % 2 while the WGMMAs of
         # kt-1 still read the other (one set would make every conversion wait for the tensor cores)
-        views, acc, rA, rA32 = self.mma_operands(mmas, sA, STAGES, tidx, 2)
+        views, acc, rA, rA32 = self.mma_operands(mmas, sA, self.stages, tidx, 2)
         fc, f_rows, b_sc = self.weight_rows(b_scale, e, n_tile, tidx, warp)
         b8 = storage.sB8.data_ptr().toint()
-        read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, STAGES)
-        prev = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, STAGES)
+        read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+        prev = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         b_next = self.weight_codes(b_sc, 0)
         for kt2 in cutlass.range(k_tiles // 2, unroll=1):  # k_tiles is even here (K % 128 == 0)
             for half in cutlass.range_constexpr(2):
@@ -420,13 +445,13 @@ class MXGroupedGemmSm90Kernel:
                 nxt = 2 * cutlass.min(kt + 1, k_tiles - 1)
                 b_next = self.weight_codes(b_sc, nxt)
                 ab_pipe.consumer_wait(read)
-                stage = b8 + read.index * (TILE_N * TILE_K)
-                for j in cutlass.range_constexpr(BLOCKS):
+                stage = b8 + read.index * (self.tile_n * TILE_K)
+                for j in cutlass.range_constexpr(self.blocks):
                     self.weights_to_registers(stage, f_rows, fc, b_codes, rA32[half][j], j)
                 cute.nvgpu.warpgroup.fence()
                 # one group per k-tile (the width is static here: no branch for ptxas to carry the
                 # group across, see mainloop_and_store)
-                for j in cutlass.range_constexpr(BLOCKS):
+                for j in cutlass.range_constexpr(self.blocks):
                     self.issue_block(mmas[width], views[width], j, rA[half][j], read.index)
                 cute.nvgpu.warpgroup.commit_group()
                 # k-tile kt-1 retires: its register set is free, its stage goes back to TMA
@@ -459,34 +484,35 @@ class MXGroupedGemmSm90Kernel:
         tile stays for the SwiGLU epilogue."""
         stage_i = storage.sA8.data_ptr().toint()
         wg = tidx // 128
-        for j in cutlass.range_constexpr(BLOCKS):
-            # this block's 64 features are columns WG_FEATURES wg + 64 j of the token-major tile
-            col0 = cute.make_ptr(BFloat16, stage_i + (wg * WG_FEATURES + 64 * j) * 2, cute.AddressSpace.smem,
-                                 assumed_align=16)
-            s_out = cute.make_tensor(col0, cute.make_layout((64, TILE_M), stride=(1, OUT_ROW_BYTES // 2)))
+        for j in cutlass.range_constexpr(self.blocks):
+            # this block's 64 features are columns (self.tile_n // WARPGROUPS) wg + 64 j of the token-major tile
+            col0 = cute.make_ptr(BFloat16, stage_i + (wg * (self.tile_n // WARPGROUPS) + 64 * j) * 2,
+                                 cute.AddressSpace.smem, assumed_align=16)
+            s_out = cute.make_tensor(col0, cute.make_layout((64, self.tile_m), stride=(1, self.out_row_bytes // 2)))
             stage_acc_bf16(acc[j], tiled_mma, s_out, tidx % 128, transposed=True)
         cute.arch.sync_threads()
-        store_rows(out, self.n, n_tile * TILE_N, TILE_N, stage_i, OUT_ROW_BYTES, row0, rows, tidx, THREADS, TILE_M)
+        store_rows(out, self.n, n_tile * self.tile_n, self.tile_n, stage_i, self.out_row_bytes, row0, rows, tidx,
+                   THREADS, self.tile_m)
 
     @cute.jit
     def swiglu_epilogue(self, probs, h, z_stage, h_stage, row0, rows, n_tile, tidx):
         """Staged bf16 z (128 columns = 2 gate/up pairs) -> h = p * silu(g) * u, bf16, into the
         256x64 h tile (rows past ``rows`` zeroed); optionally stored as bf16 ``h``."""
-        pairs = TILE_N // (2 * GLU)
+        pairs = self.tile_n // (2 * GLU)
         per_row = 4 * pairs  # threads per row: 8 columns of each pair's 32
         step = THREADS // per_row
-        h_pitch = row_bytes(H_COLS)
+        h_pitch = row_bytes(self.h_cols)
         blk = (tidx // 4) % pairs  # which gate/up pair
         c8 = tidx % 4  # which 8 of its 32 columns
         hw = cute.make_rmem_tensor(4, Uint32)
-        for i in cutlass.range_constexpr(TILE_M // step):
+        for i in cutlass.range_constexpr(self.tile_m // step):
             r = tidx // per_row + step * i
             hw.fill(0)
             # row groups past the unit's tokens stay zero (decode units hold a few tokens: most
             # of the 256 rows would be SiLU of stale values)
             if step * i < rows:
-                g = ld_shared(z_stage + r * OUT_ROW_BYTES + (blk * 2 * GLU + c8 * 8) * 2, 4)
-                u = ld_shared(z_stage + r * OUT_ROW_BYTES + (blk * 2 * GLU + GLU + c8 * 8) * 2, 4)
+                g = ld_shared(z_stage + r * self.out_row_bytes + (blk * 2 * GLU + c8 * 8) * 2, 4)
+                u = ld_shared(z_stage + r * self.out_row_bytes + (blk * 2 * GLU + GLU + c8 * 8) * 2, 4)
                 valid = r < rows
                 p = Float32(1.0)
                 if cutlass.const_expr(self.with_probs):
@@ -538,8 +564,10 @@ def _placeholder_args(tokens_bf16=False, h_dequant=False, weights_bf16=False):
 
 def compiled_mx_grouped_gemm_kernel(n, k, flags=(False,) * 6, arch=None, keep_ptx=False):
     """``flags`` = (swiglu, with_probs, h_bf16, h_row, h_col, swizzled, tokens_bf16, h_dequant,
-    weights_bf16); missing trailing flags are False."""
-    flags = tuple(bool(f) for f in flags) + (False,) * (9 - len(flags))
+    weights_bf16, decode); missing trailing flags are False. ``decode`` (swapped forms only): the
+    decode geometry (DECODE_GEOMETRY); the dense form has one."""
+    flags = tuple(bool(f) for f in flags) + (False,) * (10 - len(flags))
+    flags = flags[:9] + (flags[9] and not flags[8],)
     from .dense_grouped_gemm import DenseGroupedGemmSm90Kernel  # (it subclasses this module's kernel)
     cls = DenseGroupedGemmSm90Kernel if flags[8] else MXGroupedGemmSm90Kernel
     return compile_kernel(("mx_grouped_gemm_sm90", n, k, flags), lambda: cls(n, k, *flags),
@@ -589,7 +617,7 @@ def dequantize_rowwise_kperm(a_q: torch.Tensor, a_s: torch.Tensor) -> torch.Tens
 
 def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=None, h_bf16=False, h_row=False,
                          h_col=False, swizzled=False, h_dequant=False, a_dequant=None, b_dequant=None, _poison=None,
-                         _ctas=None):
+                         _ctas=None, _decode=None):
     """Launch the SM90 MXFP8 grouped GEMM on rowwise MXFP8 operands (plain scales).
 
     a_q e4m3 [T, K] with a_s uint8 [T, K/32]; b_q e4m3 [E, N, K] with b_s [E, N, K/32]; offsets
@@ -608,6 +636,8 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     ``_poison``: tests set it to fill every output first (bf16 NaN, bytes 0xFF: values finite inputs
     never produce), so that anything not written shows up. ``_ctas`` (tests): the dense kernel's
     persistent grid in clusters, fewer than the GPU holds (each CTA then walks more tiles).
+    ``_decode`` (tests): the swapped forms' geometry, instead of the choice by tokens per expert
+    (TRAIN_MIN_TOKENS_PER_EXPERT).
     """
     if offsets.dtype != torch.int32 or offsets.dim() != 1:
         raise TypeError(f"offsets must be a 1-D int32 tensor, got {offsets.dtype} {tuple(offsets.shape)}")
@@ -625,10 +655,9 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         _check_mx_operand(b_q, b_s, (num_experts, n, k), "b")
     if offsets.shape[0] != num_experts + 1:
         raise ValueError(f"offsets must have E+1 = {num_experts + 1} entries, got {offsets.shape[0]}")
-    # FC1's h and the dense tile come in 256-feature steps (whole 128-column scale groups of h)
-    n_mult = 256 if swiglu or b_dequant is not None else TILE_N
-    if k % TILE_K or n % n_mult:
-        raise ValueError(f"K must be a multiple of {TILE_K} and N of {n_mult}, got K={k}, N={n}")
+    # 256: the decode and dense tiles' features, FC1's whole 128-column scale groups of h
+    if k % TILE_K or n % 256:
+        raise ValueError(f"K must be a multiple of {TILE_K} and N of 256, got K={k}, N={n}")
     if b_dequant is None and a_dequant is not None and k % (2 * TILE_K):
         raise ValueError(f"a_dequant needs K to be a multiple of {2 * TILE_K}, got K={k}")
     if num_experts > MAX_EXPERTS:
@@ -664,12 +693,15 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         hq_col = alloc((tokens, hidden), torch.uint8)
         hs_col = alloc((hidden, 4 * tiles) if swizzled else (4 * tiles, hidden), torch.uint8)
     if tokens > 0 and tiles > 0:
-        units = -(-tokens // UNIT_TOKENS) + num_experts - 1
+        decode = b_dequant is None and (tokens < TRAIN_MIN_TOKENS_PER_EXPERT * num_experts if _decode is None
+                                        else bool(_decode))
+        unit = TILE_TOKENS * (DECODE_GEOMETRY if decode else TRAIN_GEOMETRY)[0]
+        units = -(-tokens // unit) + num_experts - 1
         if b_dequant is None and units > 65535:  # units run along grid y
-            raise ValueError(f"{tokens} tokens over {num_experts} experts need {units} 256-token units, more "
+            raise ValueError(f"{tokens} tokens over {num_experts} experts need {units} {unit}-token units, more "
                              "than 65535")
         flags = (swiglu, probs is not None, h_bf16, h_row, h_col, swizzled, a_dequant is not None, h_dequant,
-                 b_dequant is not None)
+                 b_dequant is not None, decode)
         kern = compiled_mx_grouped_gemm_kernel(n, k, flags, target_arch(dev))
         ctas = 0
         if b_dequant is not None:
