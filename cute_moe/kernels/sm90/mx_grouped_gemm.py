@@ -7,25 +7,31 @@ accumulation. One kernel per static configuration (N, K, epilogue flags); T, E a
 (``offsets``, E+1 int32 on the device) are runtime values: routing changes never recompile.
 
 How the work is laid out, and why:
-- A CTA owns one *unit*, two consecutive placed 128-token tiles of one expert (REFERENCE §2 grouped
-  placement; units start at ``offsets[e] // 256 + e``, :func:`placed_unit`), by 128 output
-  features; the grid (N / 128, ceil(T/256) + E - 1) is known on the host without reading
+- A CTA owns one *unit* of placed 128-token tiles of one expert (REFERENCE §2 grouped placement,
+  :func:`placed_unit`) by a tile of output features, in one of two geometries (``set_geometry``;
+  the launcher picks by the mean tokens per expert):
+  - training (from 128 tokens per expert): units of two tiles, 256 tokens (starting at
+    ``offsets[e] // 256 + e``), by 128 features: each warpgroup owns one 64-row block of weights
+    for all 256 tokens, so a weight element converted once serves 256 tokens (session 12: the
+    conversion is what these kernels issue most; at 128 tokens per conversion qwen3's FC1 GEMM took
+    ~10% longer);
+  - decode: one tile, 128 tokens, by 256 features (two blocks per warpgroup): with a few tokens per
+    expert the kernel streams weights, and twice the weight bytes per stage and per CTA keep that
+    stream at HBM speed (the training geometry read 25% fewer GB/s there).
+  The grid (N / features, ceil(T / unit) + E - 1) is known on the host without reading
   ``offsets``. Gap units and empty experts never touch ``b``. CTAs take their (N tile, unit) in
   bands of 8 N tiles (``parts.banded_tile``), so that the CTAs in flight share weight tiles in L2.
-- TMA loads 256x64 tiles of the tokens (rows from the unit's first token; TMA boxes start at any
-  row) and 128x64 e4m3 of ``b_row[e]`` into a 5-stage ``PipelineTmaAsync`` ring, the weights plain
-  row-major (64-byte rows: a quarter-warp's 16-byte reads cover 128 contiguous bytes, no bank
-  conflicts).
+- TMA loads the unit's token rows (a box of up to 256 rows from the unit's first token; TMA boxes
+  start at any row) and the e4m3 weight rows of ``b_row[e]``, 64 k per stage, into a
+  ``PipelineTmaAsync`` ring (5 stages in training, 6 in decode), the weights plain row-major
+  (64-byte rows: a quarter-warp's 16-byte reads cover 128 contiguous bytes, no bank conflicts).
 - The WGMMA runs transposed ("swap AB"): the weights are its M side, taken from *registers* (RS),
-  the tokens its N side, from shared memory. Each warpgroup owns 64 features (one 64-row WGMMA
-  block) for all 256 tokens: a weight element converted once serves 256 tokens (session 12: the
-  conversion is what these kernels issue most; 128 tokens per conversion, the layout before, took
-  13% longer on qwen3's FC1 GEMM). A thread reads 16 contiguous e4m3 bytes of each of its weight
-  rows and dequantizes them straight into its A fragment: the weights never round-trip through
-  shared memory as bf16. The 16 bytes are the thread's A-fragment k slots of the four k16 steps; the
-  tokens' bf16 copy is in the same k order (a permutation of K inside each 64-wide k-tile: the dot
-  products are unchanged). Dequantization: e4m3 -> f16 (hardware) -> f32 -> times 2^(E-127) ->
-  bf16, exact.
+  the tokens its N side, from shared memory. A thread reads 16 contiguous e4m3 bytes of each of its
+  weight rows and dequantizes them straight into its A fragment: the weights never round-trip
+  through shared memory as bf16. The 16 bytes are the thread's A-fragment k slots of the four k16
+  steps; the tokens' bf16 copy is in the same k order (a permutation of K inside each 64-wide
+  k-tile: the dot products are unchanged). Dequantization: e4m3 -> f16 (hardware) -> f32 -> times
+  2^(E-127) -> bf16, exact.
 - WGMMA's N follows the unit's tokens: 256 (more than 128), 128, or 32 (decode: at most 32 tokens;
   the tensor cores then stay far below the weight stream). With ``a_dequant`` the narrower units
   also load only a 128- or 32-row token box.
@@ -42,16 +48,16 @@ How the work is laid out, and why:
   mainloop in a persistent, warp-specialized kernel of its own (:mod:`.dense_grouped_gemm`, a
   subclass sharing the epilogue pieces).
 - Epilogue (swapped forms): accumulators -> bf16 -> shared memory by transposing stmatrix into a
-  [token][feature] tile (rows padded to 272 bytes: no bank conflicts), then 16-byte stores of the
+  [token][feature] tile (rows padded by 16 bytes: no bank conflicts), then 16-byte stores of the
   tile's rows that belong to the expert (a TMA store would overwrite the next expert's rows). That
   is ``y`` (FC2) or ``z`` (FC1).
-- FC1 only: from the staged bf16 ``z``, ``h = p * silu(g) * u`` (REFERENCE §3 interleave: a 128-column
-  tile holds 2 gate/up pairs of 32 columns -> 64 columns of ``h``), rounded to bf16 exactly like the
+- FC1 only: from the staged bf16 ``z``, ``h = p * silu(g) * u`` (REFERENCE §3 interleave: each
+  64-column gate/up pair of the tile gives 32 columns of ``h``), rounded to bf16 exactly like the
   unfused path (SwiGLU of the stored bf16 ``z`` in fp32; SiLU by ``activation.silu_exact``, the IEEE
   expression without a branch per division; row groups past the unit's tokens are skipped), staged
-  as two 128x64 tiles (one per placed tile), then quantized by the shared tile passes: warpgroup 0
-  rowwise, warpgroup 1 columnwise (per-expert 32-row blocks), at the same time. Gap tiles still
-  write their padding scale codes.
+  as one 128-row h tile per placed tile (64 columns in training, 128 in decode), then quantized by
+  the shared tile passes: warpgroup 0 rowwise, warpgroup 1 columnwise (per-expert 32-row blocks),
+  at the same time. Gap tiles still write their padding scale codes.
 """
 
 from __future__ import annotations
@@ -496,8 +502,8 @@ class MXGroupedGemmSm90Kernel:
 
     @cute.jit
     def swiglu_epilogue(self, probs, h, z_stage, h_stage, row0, rows, n_tile, tidx):
-        """Staged bf16 z (128 columns = 2 gate/up pairs) -> h = p * silu(g) * u, bf16, into the
-        256x64 h tile (rows past ``rows`` zeroed); optionally stored as bf16 ``h``."""
+        """Staged bf16 z (``tile_n`` columns = tile_n / 64 gate/up pairs) -> h = p * silu(g) * u, bf16,
+        into the staged h tile (rows past ``rows`` zeroed); optionally stored as bf16 ``h``."""
         pairs = self.tile_n // (2 * GLU)
         per_row = 4 * pairs  # threads per row: 8 columns of each pair's 32
         step = THREADS // per_row
