@@ -92,7 +92,8 @@ THREADS = 128 * WARPGROUPS
 #   of weights in decode, this one 3000-3200).
 TRAIN_GEOMETRY = (2, 128, 5)
 DECODE_GEOMETRY = (1, 256, 6)
-# the launcher picks the training form from this many tokens per expert on average (T / E)
+# the launcher picks the training form from this many tokens per expert on average (T / E); measured:
+# 256 (qwen3: training form better, Zipf: even) and <= 6 (decode: decode form); in between not timed
 TRAIN_MIN_TOKENS_PER_EXPERT = TILE_TOKENS
 TOK_BUFS = 3  # bf16 token operands of the MXFP8-token path (see the module docstring)
 NARROW = 32  # units with at most this many tokens use 64 x NARROW WGMMAs
