@@ -45,7 +45,6 @@ def placed_tile(offsets: cute.Pointer, num_experts: Int32, tile: Int32, lane: In
     return e, row0, rows
 
 
-
 @cute.jit
 def placed_unit(offsets: cute.Pointer, num_experts: Int32, unit: Int32, lane: Int32, num_tiles: Int32,
                 unit_tiles: cutlass.Constexpr = 2):

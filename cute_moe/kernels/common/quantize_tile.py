@@ -1,9 +1,9 @@
-"""MXFP8 quantization of one staged 128 x 128 bf16 tile in shared memory -> global memory.
+"""MXFP8 quantization of one staged 128-row bf16 tile in shared memory -> global memory.
 
 Shared by the quantize kernel (tiles staged by ``cp.async``) and the SM90 FC1 epilogue (the
 SwiGLU output ``h`` staged from the accumulators), so both write bit-identical bytes and the same
-scale layouts. The tile is row-major with rows ``row_bytes(tile_cols)`` apart; rows at or past ``rows`` must
-hold zeros (they are padding of the tile's last 32-row block and must not raise its amax).
+scale layouts. The tile is row-major; rows at or past ``rows`` must hold zeros (they are padding of
+the tile's last 32-row block and must not raise its amax).
 
 Each pass uses 128 threads (``tid`` in [0, 128)): callers with more threads run the two passes on
 different warpgroups at once. Tiles are ``tile_cols`` = 128 columns wide (the quantize kernel, the

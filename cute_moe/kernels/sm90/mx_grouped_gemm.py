@@ -148,7 +148,7 @@ class MXGroupedGemmSm90Kernel:
         self.tile_m = TILE_TOKENS * self.unit_tiles
         self.blocks = self.tile_n // WARPGROUPS // 64
         self.widths = (NARROW, TILE_TOKENS, self.tile_m)  # <= 32, <= 128, more (training form only)
-        self.out_row_bytes = self.tile_n * 2 + 16  # staged bf16 output rows; +16 spreads stmatrix rows over banks
+        self.out_row_bytes = row_bytes(self.tile_n)  # staged bf16 output rows (+16: stmatrix rows over banks)
         self.h_rows, self.h_cols = self.tile_m, self.tile_n // 2
 
     @cute.jit
@@ -163,7 +163,7 @@ class MXGroupedGemmSm90Kernel:
         else:
             a8_smem = cute.make_layout((self.tile_m, TILE_K, self.stages), stride=(TILE_K, 1, self.tile_m * TILE_K))
         b8_smem = cute.make_layout((self.tile_n, TILE_K, self.stages), stride=(TILE_K, 1, self.tile_n * TILE_K))
-        # tokens are the WGMMA's B operand: (N = self.tile_m tokens, K) per buffer, 128-byte swizzled
+        # tokens are the WGMMA's B operand: (N = tile_m tokens, K) per buffer, 128-byte swizzled
         t16_smem = sm90_utils.make_smem_layout_b(row_major, (64, self.tile_m, TILE_K), BFloat16, TOK_BUFS)
         mma_narrow, mma_half, mma_wide = [make_tiled_mma_bf16(1, w, a_in_registers=True) for w in self.widths]
         # TMA over the e4m3 bytes, into plain row-major stages
@@ -173,11 +173,13 @@ class MXGroupedGemmSm90Kernel:
         tma_a_n, tma_mA_n, tma_a_h, tma_mA_h = tma_a, tma_mA, tma_a, tma_mA
         if cutlass.const_expr(self.tokens_bf16):
             # narrower units load a 32- or 128-row token box into the first rows of the stage (same
-            # 128-byte swizzle): most of a 256-row box would be other experts' rows
-            boxes = [sm90_utils.make_smem_layout_b(row_major, (64, w, TILE_K), BFloat16, 1) for w in self.widths[:2]]
-            tma_a_n, tma_mA_n = token_tma_atom(a, tokens, K, cute.slice_(boxes[0], (None, None, 0)), NARROW, TILE_K)
-            tma_a_h, tma_mA_h = token_tma_atom(a, tokens, K, cute.slice_(boxes[1], (None, None, 0)), TILE_TOKENS,
-                                               TILE_K)
+            # 128-byte swizzle): most of a full box would be other experts' rows (the decode
+            # geometry's full box is the 128-row one)
+            box = [cute.slice_(sm90_utils.make_smem_layout_b(row_major, (64, w, TILE_K), BFloat16, 1), (None, None, 0))
+                   for w in self.widths[:2]]
+            tma_a_n, tma_mA_n = token_tma_atom(a, tokens, K, box[0], NARROW, TILE_K)
+            if cutlass.const_expr(self.tile_m > TILE_TOKENS):
+                tma_a_h, tma_mA_h = token_tma_atom(a, tokens, K, box[1], TILE_TOKENS, TILE_K)
 
         a_bytes = self.tile_m * TILE_K * self.stages * (2 if self.tokens_bf16 else 1)
         t16_elems = 1024 if self.tokens_bf16 else cute.cosize(t16_smem)
@@ -217,7 +219,7 @@ class MXGroupedGemmSm90Kernel:
         h_stage = storage.sT16.data_ptr().toint()
         if cutlass.const_expr(self.tokens_bf16):
             h_stage = storage.sB8.data_ptr().toint()
-        mmas = (mma_narrow, mma_half, mma_wide)  # by self.widths
+        mmas = (mma_narrow, mma_half, mma_wide)  # in the order of widths
         # zeroed accumulators + ACCUMULATE always on; set here, outside the branches below: a field
         # set inside one branch would be an IR value the other branch cannot use
         for m in mmas:
@@ -250,8 +252,7 @@ class MXGroupedGemmSm90Kernel:
             for half in cutlass.range_constexpr(self.unit_tiles):
                 if half < unit_tiles:
                     self.quantize_h(h_stage + half * TILE_TOKENS * row_bytes(self.h_cols), hq_row, hs_row, hq_col,
-                                    hs_col,
-                                    tile0 + half, n_tile, row0 + half * TILE_TOKENS,
+                                    hs_col, tile0 + half, n_tile, row0 + half * TILE_TOKENS,
                                     cutlass.max(cutlass.min(rows - half * TILE_TOKENS, Int32(TILE_TOKENS)), Int32(0)),
                                     num_tiles, tidx)
 
@@ -281,7 +282,7 @@ class MXGroupedGemmSm90Kernel:
         """Per warpgroup (features x tokens), for each WGMMA width: B fragments over the bf16 token
         buffers (the first ``width`` rows, same swizzled layout) and the accumulators as that
         width's (the first width / 8 n-blocks of the wide ones: same registers); the zeroed fp32
-        accumulators; ``sets`` x self.blocks A fragments in registers, also as 16 words each."""
+        accumulators; ``sets`` x ``blocks`` A fragments in registers, also as 16 words each."""
         thr = [m.get_slice(tidx % 128) for m in mmas]
         acc = [cute.make_rmem_tensor(thr[-1].partition_shape_C((64, self.tile_m)), Float32) for _ in range(self.blocks)]
         views = []
@@ -300,8 +301,8 @@ class MXGroupedGemmSm90Kernel:
 
     @cute.jit
     def weight_rows(self, b_scale, e, n_tile, tidx, warp):
-        """This thread's A-fragment rows: block j, half q -> feature row 64 (wg self.blocks + j) + 16 (warp
-        % 4) + lane // 4 + 8 q, of which it reads the 16 bytes of chunk lane % 4 (one E8M0 code:
+        """This thread's A-fragment rows: block j, half q -> feature row 64 (wg blocks + j) + 16 (warp %
+        4) + lane // 4 + 8 q, of which it reads the 16 bytes of chunk lane % 4 (one E8M0 code:
         block (lane % 4) // 2 of the k-tile). Returns (chunk, rows, (the first row's scale-code
         address at k-tile 0, the other rows' static offsets from it))."""
         wg = cute.arch.make_warp_uniform(tidx // 128)
@@ -426,7 +427,7 @@ class MXGroupedGemmSm90Kernel:
     def mainloop_bf16_tokens(self, tma_a, tma_mA, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile, tidx, warp,
                              storage, mmas, a_smem, b8_smem, width: cutlass.Constexpr):
         """Tokens arrive as bf16 (TMA straight into the swizzled operand layout): only the weights
-        are dequantized, and the warpgroups never wait for each other. ``width``: index into self.widths
+        are dequantized, and the warpgroups never wait for each other. ``width``: index into ``widths``
         of the WGMMA N (the unit's tokens); ``tma_a`` loads boxes of that many rows into the first
         rows of each stage."""
         sA = bf16_view(storage.sA8, a_smem)
@@ -492,7 +493,7 @@ class MXGroupedGemmSm90Kernel:
         stage_i = storage.sA8.data_ptr().toint()
         wg = tidx // 128
         for j in cutlass.range_constexpr(self.blocks):
-            # this block's 64 features are columns (self.tile_n // WARPGROUPS) wg + 64 j of the token-major tile
+            # this block's 64 features are columns tile_n / 2 wg + 64 j of the token-major tile
             col0 = cute.make_ptr(BFloat16, stage_i + (wg * (self.tile_n // WARPGROUPS) + 64 * j) * 2,
                                  cute.AddressSpace.smem, assumed_align=16)
             s_out = cute.make_tensor(col0, cute.make_layout((64, self.tile_m), stride=(1, self.out_row_bytes // 2)))
