@@ -292,17 +292,27 @@ def test_kperm_rowwise_order():
                         assert p[base + 16 * s + 8 * h + 2 * c + e] == base + 16 * c + 4 * s + 2 * h + e
 
 
+# E8M0 codes from 0 (2^-127) to 246, and 134/135 where the on-chip dequantization switches multipliers
+EDGE_CODES = torch.tensor([0, 1, 7, 50, 119, 120, 126, 127, 128, 133, 134, 135, 136, 200, 240, 246])
+
+
+def _every_byte(rows, k):
+    """[rows, K] MXFP8 (cuda): every e4m3 byte but the NaN ones (they appear only under a NaN scale)
+    in each row's 32-blocks, under EDGE_CODES in turn."""
+    data = (torch.arange(k)[None, :] + torch.arange(rows)[:, None]) % 256
+    data[(data & 0x7F) == 0x7F] = 0x7E
+    q = data.to(torch.uint8).view(torch.float8_e4m3fn).cuda()
+    s = EDGE_CODES[(torch.arange(rows)[:, None] + torch.arange(k // 32)[None, :]) % len(EDGE_CODES)]
+    return q, s.to(torch.uint8).cuda()
+
+
 def test_dequantization_every_e4m3_byte_and_edge_codes():
-    """y = a @ I: every e4m3 byte under E8M0 codes from 0 (2^-127) to 246, and 134/135 where the
-    on-chip dequantization switches multipliers, must come out as bf16(q * 2^(E-127)) exactly."""
+    """y = a @ I: every e4m3 byte of the tokens under E8M0 codes from 0 to 246 must come out as
+    bf16(q * 2^(E-127)) exactly."""
     from cute_moe.quant.mxfp8 import dequantize
 
-    codes = torch.tensor([0, 1, 7, 50, 119, 120, 126, 127, 128, 133, 134, 135, 136, 200, 240, 246])
     t, k = 32, 256
-    data = (torch.arange(k)[None, :] + torch.arange(t)[:, None]) % 256
-    data[(data & 0x7F) == 0x7F] = 0x7E  # e4m3 NaN bytes appear only under a NaN scale
-    a_q = data.to(torch.uint8).view(torch.float8_e4m3fn).cuda()
-    a_s = codes[(torch.arange(t)[:, None] + torch.arange(k // 32)[None, :]) % len(codes)].to(torch.uint8).cuda()
+    a_q, a_s = _every_byte(t, k)
     eye = torch.eye(k, dtype=torch.bfloat16)
     b_q, b_s, _ = _mx(eye[None].cuda())
     offsets = exclusive_offsets(torch.tensor([t], dtype=torch.int32, device="cuda"))
@@ -310,6 +320,24 @@ def test_dequantization_every_e4m3_byte_and_edge_codes():
     want = dequantize(a_q.cpu(), a_s.cpu(), dtype=torch.float64).to(torch.float32).to(torch.bfloat16)
     # value equality: the GEMM's sum turns -0 into +0
     assert torch.equal(y.cpu().float(), want.float())
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_weight_dequantization_every_e4m3_byte_and_edge_codes(decode):
+    """y = I @ W^T with bf16 tokens (the fused forward's operands): every e4m3 byte of the weights
+    under E8M0 codes from 0 to 246, dequantized in registers by the swapped kernels (both
+    geometries), must come out as bf16(q * 2^(E-127)) exactly."""
+    from cute_moe.quant.mxfp8 import dequantize
+
+    n, k = 256, 256
+    b_q, b_s = _every_byte(n, k)
+    eye = torch.eye(k, dtype=torch.bfloat16, device="cuda")
+    a_q, a_s, _ = _mx(eye)
+    offsets = exclusive_offsets(torch.tensor([k], dtype=torch.int32, device="cuda"))
+    y = mx_grouped_gemm_sm90(None, None, b_q[None], b_s[None], offsets, a_dequant=dequantize_rowwise_kperm(a_q, a_s),
+                             _poison=True, _decode=decode)
+    want = dequantize(b_q.cpu(), b_s.cpu(), dtype=torch.float64).to(torch.float32).to(torch.bfloat16)
+    assert torch.equal(y.cpu().float(), want.t().float())
 
 
 def test_kernel_loaded_from_disk_cache_gives_same_bytes(tmp_path, monkeypatch):

@@ -10,8 +10,8 @@ How the work is laid out, and why:
 - A CTA owns one *unit* of placed 128-token tiles of one expert (REFERENCE §2 grouped placement,
   :func:`placed_unit`) by a tile of output features, in one of two geometries (``set_geometry``;
   the launcher picks by the mean tokens per expert):
-  - training (from 128 tokens per expert): units of two tiles, 256 tokens (starting at
-    ``offsets[e] // 256 + e``), by 128 features: each warpgroup owns one 64-row block of weights
+  - training (from 160 tokens per expert on average, the measured crossover): units of two
+    tiles, 256 tokens (starting at ``offsets[e] // 256 + e``), by 128 features: each warpgroup owns one 64-row block of weights
     for all 256 tokens, so a weight element converted once serves 256 tokens (session 12: the
     conversion is what these kernels issue most; at 128 tokens per conversion qwen3's FC1 GEMM took
     ~10% longer);
@@ -92,9 +92,11 @@ THREADS = 128 * WARPGROUPS
 #   of weights in decode, this one 3000-3200).
 TRAIN_GEOMETRY = (2, 128, 5)
 DECODE_GEOMETRY = (1, 256, 6)
-# the launcher picks the training form from this many tokens per expert on average (T / E); measured:
-# 256 (qwen3: training form better, Zipf: even) and <= 6 (decode: decode form); in between not timed
-TRAIN_MIN_TOKENS_PER_EXPERT = TILE_TOKENS
+# the launcher picks the training form from this many tokens per expert on average (T / E): the
+# measured crossover (bench/bench_geometry.py, H200, top-6 routing, qwen3 and flash shapes: the
+# decode form faster up to 144 tokens per expert, the two within 2% at 160, the training form
+# faster from 176)
+TRAIN_MIN_TOKENS_PER_EXPERT = 160
 TOK_BUFS = 3  # bf16 token operands of the MXFP8-token path (see the module docstring)
 NARROW = 32  # units with at most this many tokens use 64 x NARROW WGMMAs
 GLU = 32
