@@ -16,6 +16,7 @@ editing a kernel or upgrading the DSL never loads a stale binary.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import tempfile
@@ -30,7 +31,8 @@ import torch
 from cutlass.base_dsl.compiler import DumpDir
 from cutlass.cute.runtime import make_ptr
 
-# Imported once here: gmem_ptr / stream_arg run on every kernel launch.
+# gmem_ptr / stream_arg build the placeholder arguments a kernel is compiled on; launches go
+# through launch() with raw values.
 _cache: dict = {}
 _lock = threading.Lock()
 _stats = {"memory_hits": 0, "disk_hits": 0, "compiled": 0}
@@ -58,6 +60,65 @@ def gmem_ptr(dtype, tensor=None):
 
 def stream_arg(torch_stream=None):
     return cuda.CUstream(0 if torch_stream is None else torch_stream.cuda_stream)
+
+
+def check_aligned(**tensors) -> None:
+    """The kernels take every pointer as 16-byte aligned (vector and TMA accesses): a tensor that
+    starts elsewhere (a slice) is refused here, by name, before any launch."""
+    for name, t in tensors.items():
+        if t is not None and t.data_ptr() % 16:
+            raise ValueError(f"{name} must start at a 16-byte aligned address, got {t.data_ptr():#x} (a slice? "
+                             "pass a contiguous copy)")
+
+
+def addr(tensor) -> int:
+    """A tensor's device address for :func:`launch` (0 for an absent operand)."""
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+class _ArgSlot:
+    """One kernel argument's value: the DSL passes an argument to the compiled launcher as the
+    address of its value, which is all ``__c_pointers__`` tells it."""
+
+    __slots__ = ("value", "_pointers")
+
+    def __init__(self, ctype):
+        self.value = ctype(0)
+        self._pointers = [ctypes.addressof(self.value)]
+
+    def __c_pointers__(self):
+        return self._pointers
+
+
+_SLOT_TYPES = {"p": ctypes.c_void_p, "i": ctypes.c_int32, "s": ctypes.c_void_p}
+_launch_tls = threading.local()
+
+
+def launch(compiled, signature: str, *values) -> None:
+    """Run ``compiled`` on raw values, one per character of ``signature``: ``p`` a device address
+    (:func:`addr`), ``i`` an int32, ``s`` a CUDA stream handle (``torch.cuda.Stream.cuda_stream``).
+
+    Calling the compiled function with DSL objects (a ``make_ptr`` Pointer per address, ``Int32``,
+    ``CUstream``) builds and marshals them in Python on every launch; with the placeholder
+    arguments that were built on every cache hit too, a front-door call took 143-231 us of CPU on
+    the H200 host, more than a decode-size GEMM takes on the GPU (47-91 us with this, session 13).
+    Here each thread marshals a set of argument slots once per kernel (through the DSL's own
+    ``generate_execution_args``) and a launch only writes the values into them: the compiled
+    launcher reads the same bytes (tests/test_launch.py compares them)."""
+    entries = getattr(_launch_tls, "entries", None)
+    if entries is None:
+        entries = _launch_tls.entries = {}
+    entry = entries.get(id(compiled))
+    if entry is None or entry[0] is not compiled or entry[1] != signature:
+        slots = [_ArgSlot(_SLOT_TYPES[c]) for c in signature]
+        exe_args, _ = compiled.generate_execution_args(*slots)
+        entry = entries[id(compiled)] = (compiled, signature, slots, exe_args)
+    _, _, slots, exe_args = entry
+    if len(values) != len(slots):
+        raise TypeError(f"launch: {len(slots)} values for signature {signature!r}, got {len(values)}")
+    for slot, v in zip(slots, values):
+        slot.value.value = v
+    compiled.run_compiled_program(exe_args)
 
 
 def cache_dir():
@@ -122,9 +183,11 @@ def _store(path: Path, prefix: str, compiled) -> None:
         warnings.warn(f"cute_moe: could not write compile cache file {path}: {exc}", stacklevel=3)
 
 
-def compile_kernel(key: tuple, make: Callable[[], Any], args: tuple, arch: str, keep_ptx: bool = False):
-    """Compile ``make()`` (a ``cute.jit`` callable) for ``arch`` once per ``key``; cached in memory
-    and (not with ``keep_ptx``, which needs the PTX text) on disk."""
+def compile_kernel(key: tuple, make: Callable[[], Any], args: Callable[[], tuple], arch: str,
+                   keep_ptx: bool = False):
+    """Compile ``make()`` (a ``cute.jit`` callable) on the placeholder arguments ``args()`` for
+    ``arch`` once per ``key``; cached in memory and (not with ``keep_ptx``, which needs the PTX
+    text) on disk. Both callables run only on a miss: a hit is a dictionary lookup."""
     full_key = (key, arch, keep_ptx)
     with _lock:
         hit = _cache.get(full_key)
@@ -140,7 +203,7 @@ def compile_kernel(key: tuple, make: Callable[[], Any], args: tuple, arch: str, 
             if keep_ptx:
                 # KeepPTX also writes a .ptx file; keep it out of the working directory
                 opts += [cute.KeepPTX, DumpDir(tempfile.gettempdir())]
-            compiled = cute.compile[tuple(opts)](make(), *args)
+            compiled = cute.compile[tuple(opts)](make(), *args())
             _stats["compiled"] += 1
             if path is not None:
                 _store(path, prefix, compiled)

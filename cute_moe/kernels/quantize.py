@@ -32,7 +32,7 @@ from ..quant.layout import grouped_tiles
 from .common.ptx import cp_async_16
 from .common.quantize_tile import ROW_BYTES, TILE_BYTES, TILE_COLS, quantize_tile_colwise, quantize_tile_rowwise
 from .common.placement import TILE_TOKENS, placed_tile
-from .compile import compile_kernel, gmem_ptr, stream_arg, target_arch
+from .compile import addr, check_aligned, compile_kernel, gmem_ptr, launch, stream_arg, target_arch
 
 STAGE_BYTES = TILE_BYTES
 STAGES = 2
@@ -164,8 +164,8 @@ def _placeholder_args(row_dequant=False):
 
 def compiled_quantize_kernel(cols, rowwise, colwise, grouped, swizzled, arch, keep_ptx=False, row_dequant=False):
     cfg = (cols, rowwise, colwise, grouped, swizzled, row_dequant)
-    return compile_kernel(("mxfp8_quantize",) + cfg, lambda: MXFP8QuantizeKernel(*cfg), _placeholder_args(row_dequant),
-                          arch, keep_ptx)
+    return compile_kernel(("mxfp8_quantize",) + cfg, lambda: MXFP8QuantizeKernel(*cfg),
+                          lambda: _placeholder_args(row_dequant), arch, keep_ptx)
 
 
 _launchers: dict = {}
@@ -194,6 +194,7 @@ def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=F
     K-permuted for the SM90 GEMM's ``a_dequant`` (cols % 64 == 0), and ``s_row`` is None.
     """
     tokens, cols = x.shape
+    check_aligned(x=x, offsets=offsets)
     num_experts = 1 if offsets is None else offsets.numel() - 1
     tiles = grouped_tiles(tokens, num_experts) if offsets is not None else -(-tokens // TILE_TOKENS)
     dev = x.device
@@ -219,19 +220,9 @@ def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=F
         s_col = alloc((cols, 4 * tiles) if swizzled else (nblk, cols))
     if tiles > 0 and cols > 0:
         kern, max_ctas = _launcher(cols, rowwise, colwise, offsets is not None, swizzled, dev, row_dequant)
-        u8 = cutlass.Uint8
-        kern(
-            gmem_ptr(cutlass.BFloat16, x),
-            gmem_ptr(cutlass.BFloat16 if row_dequant else u8, q_row),
-            gmem_ptr(u8, s_row),
-            gmem_ptr(u8, q_col),
-            gmem_ptr(u8, s_col),
-            gmem_ptr(cutlass.Int32, offsets),
-            Int32(tokens),
-            Int32(num_experts),
-            Int32(tiles),
-            Int32(min(tiles * -(-cols // TILE_COLS), max_ctas)),
-            stream_arg(torch.cuda.current_stream(dev)),
-        )
+        # x, q_row, s_row, q_col, s_col, offsets, tokens, experts, tiles, ctas, stream
+        launch(kern, "pppppp" + "iiii" + "s", addr(x), addr(q_row), addr(s_row), addr(q_col), addr(s_col),
+               addr(offsets), tokens, num_experts, tiles, min(tiles * -(-cols // TILE_COLS), max_ctas),
+               torch.cuda.current_stream(dev).cuda_stream)
     f8 = lambda t: None if t is None else t.view(torch.float8_e4m3fn)  # noqa: E731
     return (q_row if row_dequant else f8(q_row)), s_row, f8(q_col), s_col

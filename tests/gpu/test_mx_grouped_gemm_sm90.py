@@ -163,6 +163,10 @@ def test_rejects_bad_operands():
         mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets[:2])
     with pytest.raises(ValueError, match="swiglu"):
         mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, h_row=True)
+    # a slice that starts off a 16-byte boundary: refused by name, before any launch
+    probs = torch.rand(8, device="cuda")[1:]
+    with pytest.raises(ValueError, match="probs must start at a 16-byte aligned address"):
+        mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, swiglu=True, probs=probs)
 
 
 @pytest.mark.parametrize("decode", GEOMETRIES)

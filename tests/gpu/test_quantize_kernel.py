@@ -133,3 +133,9 @@ def test_zero_tokens():
     q_row, s_row, q_col, s_col = quantize_mxfp8_cuda(x, True, True, exclusive_offsets(torch.zeros(3, dtype=torch.int32, device="cuda")), False)
     assert q_row.shape == (0, 256) and s_col.shape == (4 * grouped_tiles(0, 3), 256)
     assert bool((s_col == 127).all())
+
+
+def test_rejects_misaligned_input():
+    x = torch.randn(4 * 256 + 1, dtype=torch.bfloat16, device="cuda")[1:].view(4, 256)
+    with pytest.raises(ValueError, match="x must start at a 16-byte aligned address"):
+        quantize_mxfp8_cuda(x)

@@ -32,7 +32,7 @@ from cutlass import BFloat16, Int32, Int64
 
 from ...quant.layout import grouped_tiles
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS
-from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
+from ..compile import addr, check_aligned, compile_kernel, gmem_ptr, launch, stream_arg, target_arch
 from .parts import (grouped_tma_atoms, make_tiled_mma_bf16, mma_partitions, placed_cta, stage_acc_bf16,
                     start_ab_pipeline, wgmma_ss_mainloop)
 
@@ -143,7 +143,7 @@ def _placeholder_args():
 
 
 def compiled_grouped_gemm_kernel(n, k, arch, keep_ptx=False):
-    return compile_kernel(("grouped_gemm_sm90", n, k, STAGES), lambda: GroupedGemmSm90Kernel(n, k), _placeholder_args(),
+    return compile_kernel(("grouped_gemm_sm90", n, k, STAGES), lambda: GroupedGemmSm90Kernel(n, k), _placeholder_args,
                           arch, keep_ptx)
 
 
@@ -162,6 +162,7 @@ def grouped_gemm_sm90(a, b, offsets, _poison=None):
         raise ValueError(f"shapes a {tuple(a.shape)}, b {tuple(b.shape)}, offsets {tuple(offsets.shape)} do not match")
     if not (a.is_contiguous() and b.is_contiguous() and offsets.is_contiguous()):
         raise ValueError("a, b and offsets must be contiguous")
+    check_aligned(a=a, b=b, offsets=offsets)
     tokens, k = a.shape
     num_experts, n, _ = b.shape
     if num_experts > MAX_EXPERTS:
@@ -176,6 +177,6 @@ def grouped_gemm_sm90(a, b, offsets, _poison=None):
     if tiles > 65535:  # placed tiles run along grid y
         raise ValueError(f"{tokens} tokens over {num_experts} experts need {tiles} M tiles, more than 65535")
     kern = compiled_grouped_gemm_kernel(n, k, target_arch(a.device))
-    kern(gmem_ptr(BFloat16, a), gmem_ptr(BFloat16, b), gmem_ptr(BFloat16, y), gmem_ptr(Int32, offsets),
-         Int32(tokens), Int32(num_experts), Int32(tiles), stream_arg(torch.cuda.current_stream(a.device)))
+    launch(kern, "pppp" + "iii" + "s", addr(a), addr(b), addr(y), addr(offsets), tokens, num_experts, tiles,
+           torch.cuda.current_stream(a.device).cuda_stream)
     return y

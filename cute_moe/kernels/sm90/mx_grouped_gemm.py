@@ -76,7 +76,7 @@ from ..common.activation import swiglu_bf16x2
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS, placed_unit
 from ..common.ptx import e4m3_to_bf16_scaled, ld_global_u8, ld_shared, st_global, st_shared
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise, row_bytes
-from ..compile import compile_kernel, gmem_ptr, stream_arg, target_arch
+from ..compile import addr, check_aligned, compile_kernel, gmem_ptr, launch, stream_arg, target_arch
 from .parts import (banded_tile, bf16_view, grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16,
                     release_and_refill, stage_acc_bf16, start_ab_pipeline, token_tma_atom)
 
@@ -581,7 +581,7 @@ def compiled_mx_grouped_gemm_kernel(n, k, flags=(False,) * 6, arch=None, keep_pt
     from .dense_grouped_gemm import DenseGroupedGemmSm90Kernel  # (it subclasses this module's kernel)
     cls = DenseGroupedGemmSm90Kernel if flags[8] else MXGroupedGemmSm90Kernel
     return compile_kernel(("mx_grouped_gemm_sm90", n, k, flags), lambda: cls(n, k, *flags),
-                          _placeholder_args(flags[6], flags[7], flags[8]), arch or target_arch(), keep_ptx)
+                          lambda: _placeholder_args(flags[6], flags[7], flags[8]), arch or target_arch(), keep_ptx)
 
 
 def _check_mx_operand(q, s, shape, name):
@@ -684,6 +684,7 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     for name, t in operands.items():
         if t is not None and (t.device.type != "cuda" or t.device != dev):
             raise ValueError(f"{name} must be on the weights' CUDA device, got {t.device} (weights on {dev})")
+    check_aligned(**operands)
     tiles = grouped_tiles(tokens, num_experts)
     hidden = n // 2
 
@@ -717,14 +718,11 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         if b_dequant is not None:
             from .dense_grouped_gemm import dense_grid
             ctas = dense_grid(dev, n, tokens, num_experts, _ctas)
-        u8 = Uint8
-        a_ptr = gmem_ptr(u8, a_q) if a_dequant is None else gmem_ptr(BFloat16, a_dequant)
-        b_ptr = gmem_ptr(u8, b_q) if b_dequant is None else gmem_ptr(BFloat16, b_dequant)  # b_s: None -> null
-        kern(a_ptr, gmem_ptr(u8, a_s), b_ptr, gmem_ptr(u8, b_s), gmem_ptr(Int32, offsets),
-             gmem_ptr(BFloat16, out), gmem_ptr(Float32, probs), gmem_ptr(BFloat16, h),
-             gmem_ptr(BFloat16 if h_dequant else u8, hq_row),
-             gmem_ptr(u8, hs_row), gmem_ptr(u8, hq_col), gmem_ptr(u8, hs_col), Int32(tokens), Int32(num_experts),
-             Int32(tiles), Int32(ctas), stream_arg(torch.cuda.current_stream(dev)))
+        # a, a_scale, b, b_scale, offsets, out, probs, h, hq_row, hs_row, hq_col, hs_col, T, E, tiles, ctas, stream
+        launch(kern, "p" * 12 + "iiii" + "s", addr(a_q if a_dequant is None else a_dequant), addr(a_s),
+               addr(b_q if b_dequant is None else b_dequant), addr(b_s), addr(offsets), addr(out), addr(probs),
+               addr(h), addr(hq_row), addr(hs_row), addr(hq_col), addr(hs_col), tokens, num_experts, tiles, ctas,
+               torch.cuda.current_stream(dev).cuda_stream)
     if not swiglu:
         return out
     f8 = lambda t: None if t is None else t.view(torch.float8_e4m3fn)  # noqa: E731
