@@ -25,7 +25,7 @@ class MoE(torch.nn.Module):
         self.experts = GroupedMLP(experts, hidden, ffn, device=device, dtype=dtype)
 
     def forward(self, x):
-        t, e = x.shape[0], self.experts.num_experts
+        e = self.experts.num_experts
         scores = torch.softmax(self.router(x.float()), dim=-1)
         probs, idx = scores.topk(self.topk, dim=-1)
         probs = probs / probs.sum(-1, keepdim=True)
