@@ -4,9 +4,10 @@ and the training geometry (256-token units x 128 features), over tokens per expe
 
     python bench/bench_geometry.py [--shapes qwen3_30b flash] [--tpe 4 8 ...] [--json out.json]
 
-Routing: top-6 of T = tpe * E / 6 tokens to random distinct experts (so the per-expert counts
-vary around ``tpe``, as in decode and training). The launcher picks the training geometry when T >=
-TRAIN_MIN_TOKENS_PER_EXPERT * E; the table shows what each geometry takes and which one it picks.
+Routing: top-6 of T = tpe * E / 6 tokens to random distinct experts (``bench_fused.decode_sizes``,
+as the decode rows; the per-expert counts vary around ``tpe``). The launcher picks the training
+geometry when T >= TRAIN_MIN_TOKENS_PER_EXPERT * E; the table shows each geometry's time and the
+launcher's pick.
 """
 
 import argparse
@@ -15,7 +16,7 @@ import json
 import torch
 
 import bench_fused  # bench/ is on sys.path as a script
-from bench_fused import mx_rows
+from bench_fused import decode_sizes, mx_rows
 from shapes import DECODE, SHAPES, TOPK
 from cute_moe.kernels.quantize import quantize_mxfp8_cuda
 from cute_moe.kernels.sm90.mx_grouped_gemm import TRAIN_MIN_TOKENS_PER_EXPERT, mx_grouped_gemm_sm90
@@ -31,12 +32,6 @@ def shape_ekh(name):
     return e, k, h
 
 
-def routed_sizes(e, tokens, gen):
-    """top-6 of ``tokens`` tokens to random distinct experts -> tokens per expert."""
-    scores = torch.rand(tokens, e, generator=gen)
-    return torch.bincount(scores.topk(TOPK, dim=1).indices.flatten(), minlength=e)
-
-
 def run(name, tpes):
     e, k, h = shape_ekh(name)
     gen = torch.Generator().manual_seed(0)
@@ -44,7 +39,7 @@ def run(name, tpes):
     w2q, w2s = mx_rows(torch.randn(e, k, h, device="cuda", dtype=torch.bfloat16) / h**0.5)
     rows = []
     for tpe in tpes:
-        sizes = routed_sizes(e, max(1, tpe * e // TOPK), gen)
+        sizes = decode_sizes(e, max(1, tpe * e // TOPK), gen)
         t = int(sizes.sum())
         offsets = exclusive_offsets(sizes.to(torch.int32).cuda())
         xd = quantize_mxfp8_cuda(torch.randn(t, k, device="cuda", dtype=torch.bfloat16), row_dequant=True)[0]

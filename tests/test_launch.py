@@ -62,3 +62,21 @@ def test_check_aligned_names_the_tensor():
     check_aligned(x=buf, offsets=None)
     with pytest.raises(ValueError, match="probs must start at a 16-byte aligned address"):
         check_aligned(x=buf, probs=buf[1:])
+
+
+def test_launch_writes_values_into_reused_slots(monkeypatch):
+    """``launch`` itself, up to the compiled launcher: each call hands over the same marshalled
+    argument list, holding that call's values."""
+    from cute_moe.kernels.compile import launch
+
+    make, signature = KERNELS["quantize"]
+    kern = make()
+    calls = []
+    monkeypatch.setattr(kern, "run_compiled_program", calls.append)
+    for base in (16, 4096):
+        values = [base * (i + 1) for i in range(6)] + [7, -8, 9, 10] + [base + 1]
+        launch(kern, signature, *values)
+        assert [_read(p, c) for p, c in zip(calls[-1], signature)] == values
+    assert calls[0] is calls[1]
+    with pytest.raises(TypeError, match="values for signature"):
+        launch(kern, signature, 1, 2)

@@ -108,12 +108,11 @@ def launch(compiled, signature: str, *values) -> None:
     entries = getattr(_launch_tls, "entries", None)
     if entries is None:
         entries = _launch_tls.entries = {}
-    entry = entries.get(id(compiled))
-    if entry is None or entry[0] is not compiled or entry[1] != signature:
+    entry = entries.get(compiled)  # keyed by the object (identity): each kernel has one signature
+    if entry is None:
         slots = [_ArgSlot(_SLOT_TYPES[c]) for c in signature]
-        exe_args, _ = compiled.generate_execution_args(*slots)
-        entry = entries[id(compiled)] = (compiled, signature, slots, exe_args)
-    _, _, slots, exe_args = entry
+        entry = entries[compiled] = (slots, compiled.generate_execution_args(*slots)[0])
+    slots, exe_args = entry
     if len(values) != len(slots):
         raise TypeError(f"launch: {len(slots)} values for signature {signature!r}, got {len(values)}")
     for slot, v in zip(slots, values):

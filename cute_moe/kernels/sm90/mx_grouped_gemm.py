@@ -11,10 +11,10 @@ How the work is laid out, and why:
   :func:`placed_unit`) by a tile of output features, in one of two geometries (``set_geometry``;
   the launcher picks by the mean tokens per expert):
   - training (from 160 tokens per expert on average, the measured crossover): units of two
-    tiles, 256 tokens (starting at ``offsets[e] // 256 + e``), by 128 features: each warpgroup owns one 64-row block of weights
-    for all 256 tokens, so a weight element converted once serves 256 tokens (session 12: the
-    conversion is what these kernels issue most; at 128 tokens per conversion qwen3's FC1 GEMM took
-    ~10% longer);
+    tiles, 256 tokens (starting at ``offsets[e] // 256 + e``), by 128 features: each warpgroup
+    owns one 64-row block of weights for all 256 tokens, so a weight element converted once
+    serves 256 tokens (session 12: the conversion is what these kernels issue most; at 128 tokens
+    per conversion qwen3's FC1 GEMM took ~10% longer);
   - decode: one tile, 128 tokens, by 256 features (two blocks per warpgroup): with a few tokens per
     expert the kernel streams weights, and twice the weight bytes per stage and per CTA keep that
     stream at HBM speed (the training geometry read 25% fewer GB/s there).
