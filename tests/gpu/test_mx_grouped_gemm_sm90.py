@@ -114,6 +114,12 @@ def test_fc1_swiglu_mxfp8(sizes, h, k, with_probs, swizzled, decode):
     probs = torch.rand(t, device="cuda") if with_probs else None
     out = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, swiglu=True, probs=probs, h_bf16=True, h_row=True,
                                h_col=True, swizzled=swizzled, _poison=True, _decode=decode)
+    _check_fc1(out, sizes, adq, bdq, offsets, probs, swizzled)
+
+
+def _check_fc1(out, sizes, adq, bdq, offsets, probs, swizzled):
+    """z vs the exact reference; h vs SwiGLU of the stored z; MXFP8 h (both directions, scales in
+    the asked layout, padding codes included) bit-exact vs quantizing the kernel's bf16 h."""
     torch.cuda.synchronize()
     z = out["z"]
     _check_gemm(z, adq, bdq, sizes, offsets)
@@ -139,6 +145,24 @@ def test_fc1_swiglu_mxfp8(sizes, h, k, with_probs, swizzled, decode):
     else:
         assert torch.equal(hs_row, row_ref.scale)
         assert torch.equal(hs_col, col_ref.scale)
+
+
+@pytest.mark.parametrize("swizzled", [False, True])
+@pytest.mark.parametrize("e,touched", [
+    (40, {0: 1, 3: 128, 4: 129, 31: 256, 32: 5, 39: 2}),  # full tiles: a gap tile after their tokens
+    (1000, {5: 3, 300: 128, 600: 1, 998: 124, 999: 128}),  # T % 128 == 0: no trailing gap tile
+    (1000, {0: 1, 999: 1}),
+])
+def test_decode_grid_few_touched_experts(e, touched, swizzled):
+    """The decode grid enumerates only the tiles that hold tokens (a warp scan over ``offsets``);
+    the gap tiles of up to 1000 experts, touched or not, get their padding codes from the tail CTAs."""
+    sizes = [touched.get(i, 0) for i in range(e)]
+    (aq, as_, adq), (bq, bs, bdq), offsets = _problem(sizes, 512, 128, seed=11, spread=6)
+    probs = torch.rand(sum(sizes), device="cuda")
+    out = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, swiglu=True, probs=probs, h_bf16=True, h_row=True,
+                               h_col=True, swizzled=swizzled, _poison=True, _decode=True)
+    _check_fc1(out, sizes, adq, bdq, offsets, probs, swizzled)
+    _check_gemm(mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, _poison=True, _decode=True), adq, bdq, sizes, offsets)
 
 
 def test_fc1_many_experts_random():

@@ -62,3 +62,68 @@ def placed_unit(offsets: cute.Pointer, num_experts: Int32, unit: Int32, lane: In
     rows = cutlass.max(cutlass.min(tok1 - row0, Int32(unit_tokens)), Int32(0))
     tiles = cutlass.min(cutlass.min(tok1 // TILE_TOKENS + e + 1, num_tiles) - tile0, Int32(unit_tiles))
     return e, row0, rows, tile0, tiles
+
+
+@cute.jit
+def filled_tile(offsets: cute.Pointer, num_experts: Int32, slot: Int32, lane: Int32):
+    """The ``slot``-th placed tile that holds tokens, in placement order: (expert, first token, rows
+    in [0, 128], its placed tile index); rows 0 when fewer tiles hold tokens. Expert e holds
+    ceil(size_e / 128) of them, so ``ceil(T / 128) + min(E, T) - 1`` slots cover every such tile
+    without enumerating the gap tiles and empty experts (a decode grid: six touched experts of 384).
+
+    One pass over ``offsets``: lane l owns experts [l q, (l+1) q), q = ceil(E / 32); its q+1
+    offsets load at once (independent loads: one latency), a warp scan of its filled-tile counts
+    finds the lane whose experts hold ``slot``, which then walks them in registers. Call with the
+    whole warp; results are warp-uniform."""
+    base = offsets.toint()
+    per = (num_experts + 31) // 32
+    e0 = lane * per
+    offs = []
+    for i in cutlass.range_constexpr(MAX_EXPERTS // 32 + 1):
+        offs.append(ld_global_s32_pred(base + Int64(e0 + i) * 4, (i <= per) & (e0 + i <= num_experts), 0))
+    counts = []
+    count = Int32(0)
+    for i in cutlass.range_constexpr(MAX_EXPERTS // 32):
+        n = cutlass.select_((i < per) & (e0 + i < num_experts),
+                            (offs[i + 1] - offs[i] + TILE_TOKENS - 1) // TILE_TOKENS, Int32(0))
+        counts.append(n)
+        count = count + n
+    incl = count
+    for d in cutlass.range_constexpr(5):
+        up = cute.arch.shuffle_sync_up(incl, 1 << d)
+        incl = incl + cutlass.select_(lane >= (1 << d), up, Int32(0))
+    total = cute.arch.shuffle_sync(incl, 31)
+    local = slot - (incl - count)
+    owner = Int32(cute.arch.popc(cute.arch.vote_ballot_sync(incl - count <= slot))) - 1
+    # every lane walks its own experts for its own ``local``; the owner's answer is the one kept
+    e = Int32(0)
+    tok0 = Int32(0)
+    tok1 = Int32(0)
+    j = Int32(0)
+    run = Int32(0)
+    for i in cutlass.range_constexpr(MAX_EXPERTS // 32):
+        hit = (run <= local) & (local < run + counts[i])
+        e = cutlass.select_(hit, e0 + i, e)
+        tok0 = cutlass.select_(hit, offs[i], tok0)
+        tok1 = cutlass.select_(hit, offs[i + 1], tok1)
+        j = cutlass.select_(hit, local - run, j)
+        run = run + counts[i]
+    e = cute.arch.shuffle_sync(e, owner)
+    tok0 = cute.arch.shuffle_sync(tok0, owner)
+    tok1 = cute.arch.shuffle_sync(tok1, owner)
+    j = cute.arch.shuffle_sync(j, owner)
+    row0 = tok0 + j * TILE_TOKENS
+    rows = cutlass.select_(slot < total, cutlass.min(tok1 - row0, Int32(TILE_TOKENS)), Int32(0))
+    return e, row0, rows, tok0 // TILE_TOKENS + e + j
+
+
+@cute.jit
+def gap_tile(offsets: cute.Pointer, num_experts: Int32, e: Int32, num_tiles: Int32) -> Int32:
+    """Expert ``e``'s gap tile: the placed tile after its tokens' tiles, before the next expert's
+    (an empty expert's only tile), or -1 where there is none (or ``e`` >= E). Per thread."""
+    ok = e < num_experts
+    tok0 = ld_global_s32_pred(offsets.toint() + Int64(e) * 4, ok, 0)
+    tok1 = ld_global_s32_pred(offsets.toint() + Int64(e) * 4 + 4, ok, 0)
+    gap = tok0 // TILE_TOKENS + e + (tok1 - tok0 + TILE_TOKENS - 1) // TILE_TOKENS
+    end = cutlass.min(tok1 // TILE_TOKENS + e + 1, num_tiles)
+    return cutlass.select_(ok & (gap < end), gap, Int32(-1))

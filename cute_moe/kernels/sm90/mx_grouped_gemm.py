@@ -73,11 +73,11 @@ from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
 from ...quant.layout import grouped_tiles
 from ...quant.mxfp8 import dequantize
 from ..common.activation import swiglu_bf16x2
-from ..common.placement import MAX_EXPERTS, TILE_TOKENS, placed_unit
+from ..common.placement import MAX_EXPERTS, TILE_TOKENS, filled_tile, gap_tile, placed_unit
 from ..common.ptx import e4m3_to_bf16_scaled, ld_global_u8, ld_shared, st_global, st_shared
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise, row_bytes
 from ..compile import addr, check_aligned, compile_kernel, gmem_ptr, launch, stream_arg, target_arch
-from .parts import (banded_tile, bf16_view, grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16,
+from .parts import (banded_head_tail, banded_tile, bf16_view, grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16,
                     release_and_refill, stage_acc_bf16, start_ab_pipeline, token_tma_atom)
 
 TILE_K = 64  # 64 e4m3 = one 64-byte stage row; 64 bf16 = one 128-byte swizzle atom
@@ -101,6 +101,21 @@ TOK_BUFS = 3  # bf16 token operands of the MXFP8-token path (see the module docs
 NARROW = 32  # units with at most this many tokens use 64 x NARROW WGMMAs
 GLU = 32
 CHUNK = 16  # bytes of e4m3 per conversion chunk
+GAP_GROUP = 32  # experts per gap-code CTA of the decode grid (one per lane)
+
+
+def filled_slots(tokens, num_experts):
+    """Decode grid rows that cover every placed tile holding tokens: expert e fills
+    ceil(size_e / 128) tiles, at most ceil(T / 128) + min(E, T) - 1 in all (host ints or Int32)."""
+    return (tokens + TILE_TOKENS - 1) // TILE_TOKENS + _min(num_experts, tokens) - 1
+
+
+def gap_groups(num_experts):
+    return (num_experts + GAP_GROUP - 1) // GAP_GROUP
+
+
+def _min(a, b):
+    return min(a, b) if isinstance(a, int) and isinstance(b, int) else cutlass.min(a, b)
 
 
 class MXGroupedGemmSm90Kernel:
@@ -137,6 +152,8 @@ class MXGroupedGemmSm90Kernel:
         # tokens_bf16: ``a`` is already dequantized bf16, K-permuted into the A-fragment order;
         # h_dequant: the rowwise pass writes h's MXFP8 values dequantized that way (FC2's tokens)
         self.tokens_bf16, self.h_dequant = tokens_bf16, h_dequant
+        # placed tiles without tokens still carry scale codes (padding) in these layouts
+        self.gap_codes = swiglu and (h_col or (h_row and swizzled))
         # weights_bf16 ("dense"): the weights too come as their exact bf16 dequantization
         # (K-permuted like the tokens), and the tile runs non-swapped: tokens are WGMMA's M (64 per
         # warpgroup), features its N (256), both operands from shared memory, no conversion at all
@@ -150,6 +167,9 @@ class MXGroupedGemmSm90Kernel:
         self.tile_m = TILE_TOKENS * self.unit_tiles
         self.blocks = self.tile_n // WARPGROUPS // 64
         self.widths = (NARROW, TILE_TOKENS, self.tile_m)  # <= 32, <= 128, more (training form only)
+        # decode: the grid enumerates only the tiles that hold tokens (``filled_tile``), and FC1's
+        # gap tiles get their padding scale codes from a few tail CTAs (``write_gap_tiles``)
+        self.filled_only = decode
         self.out_row_bytes = row_bytes(self.tile_n)  # staged bf16 output rows (+16: stmatrix rows over banks)
         self.h_rows, self.h_cols = self.tile_m, self.tile_n // 2
 
@@ -195,6 +215,8 @@ class MXGroupedGemmSm90Kernel:
 
         self.shared_storage = SharedStorage
         units = (tokens + self.tile_m - 1) // self.tile_m + num_experts - 1
+        if cutlass.const_expr(self.filled_only):
+            units = filled_slots(tokens, num_experts) + (gap_groups(num_experts) if self.gap_codes else 0)
         self.kernel(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, offsets, out, probs, h, hq_row, hs_row,
                     hq_col, hs_col, tokens, num_experts, num_tiles, mma_wide, mma_half, mma_narrow, a8_smem, b8_smem,
                     t16_smem, tma_a_n, tma_mA_n, tma_a_h, tma_mA_h).launch(
@@ -211,9 +233,16 @@ class MXGroupedGemmSm90Kernel:
         # ---- which expert and rows this unit holds (rows 0: gap unit / empty expert)
         tidx, _, _ = cute.arch.thread_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
-        n_tile, unit = banded_tile()
-        e, row0, rows, tile0, unit_tiles = placed_unit(offsets, num_experts, unit, tidx % 32, num_tiles,
-                                                       self.unit_tiles)
+        if cutlass.const_expr(self.filled_only):
+            # (N tile, filled-tile slot), then the gap-code CTAs (N tile, group of experts)
+            n_tile, unit, gap_cta = banded_head_tail(filled_slots(tokens, num_experts))
+            e, row0, rows, tile0 = filled_tile(offsets, num_experts, unit, tidx % 32)
+            rows = cutlass.select_(gap_cta, Int32(0), rows)
+            unit_tiles = cutlass.select_(rows > 0, Int32(1), Int32(0))
+        else:
+            n_tile, unit = banded_tile()
+            e, row0, rows, tile0, unit_tiles = placed_unit(offsets, num_experts, unit, tidx % 32, num_tiles,
+                                                           self.unit_tiles)
         storage = cutlass.memory.SmemAllocator().allocate(self.shared_storage)
         # epilogue staging reuses the operand buffers: the bf16 out tile in the token ring (68 KB),
         # the h tile in the bf16 token buffers or the weight ring (36 KB)
@@ -257,6 +286,22 @@ class MXGroupedGemmSm90Kernel:
                                     hs_col, tile0 + half, n_tile, row0 + half * TILE_TOKENS,
                                     cutlass.max(cutlass.min(rows - half * TILE_TOKENS, Int32(TILE_TOKENS)), Int32(0)),
                                     num_tiles, tidx)
+            if cutlass.const_expr(self.filled_only and self.gap_codes):
+                if gap_cta:
+                    self.write_gap_tiles(offsets, num_experts, unit, n_tile, hq_row, hs_row, hq_col, hs_col,
+                                         num_tiles, h_stage, tidx)
+
+    @cute.jit
+    def write_gap_tiles(self, offsets, num_experts, group, n_tile, hq_row, hs_row, hq_col, hs_col, num_tiles,
+                        h_stage, tidx):
+        """Padding scale codes of the gap tiles of experts 32 group .. 32 group + 31, column block
+        ``n_tile`` (the decode grid has no CTA for a tile without tokens)."""
+        gap = gap_tile(offsets, num_experts, group * GAP_GROUP + tidx % 32, num_tiles)
+        for i in cutlass.range(GAP_GROUP):
+            tile = cute.arch.shuffle_sync(gap, i)
+            if tile >= 0:
+                self.quantize_h(h_stage, hq_row, hs_row, hq_col, hs_col, tile, n_tile, Int32(0), Int32(0),
+                                num_tiles, tidx)
 
     @cute.jit
     def quantize_h(self, h_stage, hq_row, hs_row, hq_col, hs_col, tile, cblk, row0, rows, num_tiles, tidx,
@@ -707,7 +752,8 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         decode = b_dequant is None and (tokens < TRAIN_MIN_TOKENS_PER_EXPERT * num_experts if _decode is None
                                         else bool(_decode))
         unit = TILE_TOKENS * (DECODE_GEOMETRY if decode else TRAIN_GEOMETRY)[0]
-        units = -(-tokens // unit) + num_experts - 1
+        units = filled_slots(tokens, num_experts) + gap_groups(num_experts) if decode else (
+            -(-tokens // unit) + num_experts - 1)
         if b_dequant is None and units > 65535:  # units run along grid y
             raise ValueError(f"{tokens} tokens over {num_experts} experts need {units} {unit}-token units, more "
                              "than 65535")

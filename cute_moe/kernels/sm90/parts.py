@@ -74,6 +74,21 @@ def banded_tile():
 
 
 @cute.jit
+def banded_head_tail(head_rows):
+    """Over a launch grid (N tiles, ``head_rows`` + tail rows): (N tile, row, is_tail). The first
+    N tiles x ``head_rows`` CTAs in launch order walk (N tile, head row) banded like
+    :func:`banded_tile`; the tail rows' CTAs come after them all, N tile fastest."""
+    bx, by, _ = cute.arch.block_idx()
+    n_tiles, _, _ = cute.arch.grid_dim()
+    linear = by * n_tiles + bx
+    tail = linear - n_tiles * head_rows
+    n_tile, row = banded_coords(linear, n_tiles, head_rows)
+    is_tail = tail >= 0
+    return (cutlass.select_(is_tail, tail % n_tiles, n_tile), cutlass.select_(is_tail, tail // n_tiles, row),
+            is_tail)
+
+
+@cute.jit
 def placed_cta(offsets, num_experts, shared_storage):
     """The CTA's start, common to the grouped GEMMs: thread index, warp, N tile, the placed tile
     (REFERENCE §2) with its expert, first token and valid rows (0: gap tile / empty expert), and
