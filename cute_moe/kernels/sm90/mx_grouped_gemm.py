@@ -18,8 +18,13 @@ How the work is laid out, and why:
   - decode: one tile, 128 tokens, by 256 features (two blocks per warpgroup): with a few tokens per
     expert the kernel streams weights, and twice the weight bytes per stage and per CTA keep that
     stream at HBM speed (the training geometry read 25% fewer GB/s there).
-  The grid (N / features, ceil(T / unit) + E - 1) is known on the host without reading
-  ``offsets``. Gap units and empty experts never touch ``b``. CTAs take their (N tile, unit) in
+  The grid is known on the host without reading ``offsets``: training, (N / features, ceil(T /
+  unit) + E - 1), one CTA per placed unit, gap units included (they write padding scale codes);
+  decode, one CTA per (N tile, *filled* tile slot), ceil(T / 128) + min(E, T) - 1 slots found by a
+  warp scan over ``offsets`` (:func:`filled_tile`), then FC1's gap-code CTAs, one per 32 experts
+  per N tile (:meth:`write_gap_tiles`): a decode step touches 6 of 256-384 experts, and one CTA
+  per placed tile launched 4096-9216 CTAs for 96-144 that read weights (session 14: B=1 FC1 took
+  twice as long). Gap units and empty experts never touch ``b``. CTAs take their (N tile, unit) in
   bands of 8 N tiles (``parts.banded_tile``), so that the CTAs in flight share weight tiles in L2.
 - TMA loads the unit's token rows (a box of up to 256 rows from the unit's first token; TMA boxes
   start at any row) and the e4m3 weight rows of ``b_row[e]``, 64 k per stage, into a
