@@ -50,6 +50,74 @@ def test_grouped_placement(sizes):
     assert torch.equal(unswizzle_scales(sw, total, 8, torch.tensor(sizes)), s)
 
 
+def _filled_tile_model(offs, num_experts, slot):
+    """The SM90 decode grid's ``placement.filled_tile``, step by step on the host (32 lanes, each
+    owning ceil(E/32) experts): (expert, first token, rows, placed tile)."""
+    per = -(-num_experts // 32)
+    counts = [[-(-(offs[e + 1] - offs[e]) // 128) if e < num_experts else 0 for e in range(l * per, l * per + per)]
+              for l in range(32)]
+    lane_count = [sum(c) for c in counts]
+    excl = [sum(lane_count[:l]) for l in range(32)]
+    total = sum(lane_count)
+    owner = sum(x <= slot for x in excl) - 1
+    local, run = slot - excl[owner], 0
+    e = tok0 = tok1 = j = 0
+    for i, n in enumerate(counts[owner]):
+        if run <= local < run + n:
+            e, j = owner * per + i, local - run
+            tok0, tok1 = offs[e], offs[e + 1]
+        run += n
+    row0 = tok0 + 128 * j
+    rows = min(tok1 - row0, 128) if slot < total else 0
+    return e, row0, rows, tok0 // 128 + e + j
+
+
+def _gap_tile_model(offs, num_experts, e, num_tiles):
+    """``placement.gap_tile`` on the host."""
+    if e >= num_experts:
+        return -1
+    gap = offs[e] // 128 + e + -(-(offs[e + 1] - offs[e]) // 128)
+    return gap if gap < min(offs[e + 1] // 128 + e + 1, num_tiles) else -1
+
+
+@pytest.mark.parametrize("num_experts", [1, 6, 31, 32, 33, 100, 384, 1000, 1024])
+def test_decode_grid_covers_each_placed_tile_once(num_experts):
+    """The decode grid (SM90 swapped kernels): slots [0, ceil(T/128) + min(E, T) - 1) map to every
+    placed tile that holds tokens exactly once, with its expert, rows and first token; the gap-code
+    items name every other placed tile exactly once. Random splits with many empty experts, ones,
+    exact multiples of 128 (a gap tile after them) and T a multiple of 128 (no trailing gap)."""
+    from cute_moe.kernels.sm90.mx_grouped_gemm import GAP_GROUP, filled_slots, gap_groups
+
+    gen = torch.Generator().manual_seed(num_experts)
+    for trial in range(6):
+        sizes = torch.randint(0, 300, (num_experts,), generator=gen)
+        sizes[torch.rand(num_experts, generator=gen) < 0.7] = 0
+        if num_experts > 3:
+            sizes[:3] = torch.tensor([1, 128, 256])
+        if trial == 1:
+            sizes[-1] += (-int(sizes.sum())) % 128 or 128
+        if int(sizes.sum()) == 0:
+            sizes[0] = 1
+        offs = [0] + torch.cumsum(sizes, 0).tolist()
+        total, num_tiles = offs[-1], grouped_tiles(offs[-1], num_experts)
+        want = {}
+        for e, n in enumerate(sizes.tolist()):
+            for j in range(-(-n // 128)):
+                want[grouped_tile_start(offs[e], e) + j] = (e, offs[e] + 128 * j, min(n - 128 * j, 128))
+        got = {}
+        for slot in range(filled_slots(total, num_experts)):
+            e, row0, rows, tile = _filled_tile_model(offs, num_experts, slot)
+            if rows > 0:
+                assert tile not in got
+                got[tile] = (e, row0, rows)
+        assert got == want
+        gaps = [_gap_tile_model(offs, num_experts, g * GAP_GROUP + lane, num_tiles)
+                for g in range(gap_groups(num_experts)) for lane in range(GAP_GROUP)]
+        gaps = [t for t in gaps if t >= 0]
+        assert len(gaps) == len(set(gaps)) and not set(gaps) & set(got)
+        assert set(gaps) | set(got) == set(range(num_tiles))
+
+
 def test_grouped_columnwise_swizzle_is_dense_swizzle_of_transpose():
     x = torch.randn(200, 128).bfloat16()
     sizes = torch.tensor([70, 0, 130])
