@@ -116,6 +116,7 @@ def filled_slots(tokens, num_experts):
 
 
 def gap_groups(num_experts):
+    """Gap-code CTAs per N tile of the decode grid: one per GAP_GROUP experts."""
     return (num_experts + GAP_GROUP - 1) // GAP_GROUP
 
 
