@@ -165,7 +165,7 @@ def run_shape(name, sizes, k, h, compile_times, peer):
             r["quack_fc1_ms"] = bench(lambda: peer(x, w1_kn, activation="swiglu", cu_seqlens_m=offsets))
         except Exception as exc:  # the peer's API moves; say why there is no number
             r["quack_fc1_error"] = f"{type(exc).__name__}: {exc}"[:200]
-    del w1, w1t, w1q, w1s, x, xq, xd
+    w1 = w1t = w1q = w1s = x = xq = xd = None  # free the FC1 operands (the closures above are done)
     torch.cuda.empty_cache()
 
     # ---- FC2
@@ -206,7 +206,7 @@ def run_shape(name, sizes, k, h, compile_times, peer):
         r["ours_fc2_dense_tflops"] = 2 * t * h * k / r["ours_fc2_dense_ms"] / 1e9
         r.update(weight_pass_ms(w2, "w2"))
         del w2d
-    del w2, w2t, w2q, w2s, hb, hq, hd
+    w2 = w2t = w2q = w2s = hb = hq = hd = None
     torch.cuda.empty_cache()
     return r
 
@@ -249,7 +249,7 @@ def main():
     src = torch.empty(2**28, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     copy_gbps = 2 * src.numel() / bench(lambda: dst.copy_(src)) / 1e6
-    del src, dst
+    src = dst = None
     peer = quack_fc1()
     compile_times = {}
     rows = []

@@ -68,7 +68,7 @@ def main():
         r["mxfp8_vs_bf16_fwd_bwd"] = r["bf16_fwd_bwd_ms"] / r["mxfp8_fwd_bwd_ms"]
         r["mlp_bf16_tflops"] = flops_mlp / r["bf16_fwd_bwd_ms"] / 1e9
         rows.append(r)
-        del x, w1, w2, dy, leaves
+        x = w1 = w2 = dy = leaves = None  # free this shape's tensors before the next
         torch.cuda.empty_cache()
     print(f"\nGPU: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     hdr = (f"{'shape':16s} {'torch FC1+SwiGLU ms':>20s} {'bf16 fwd':>9s} {'bf16 f+b':>9s} {'mx fwd':>8s} {'mx f+b':>8s}"

@@ -33,5 +33,5 @@ __all__ = [
     "BLOCK", "E4M3_MAX", "SCALE_PAD_CODE", "MXFP8Tensor", "quantize", "dequantize", "dequantize_device", "e8m0_to_f32", "quantize_mxfp8", "e8m0_from_amax",
     "e8m0_to_float", "swizzle_scales", "unswizzle_scales", "swizzle_offset", "swizzled_scales_of",
     "interleave_gate_up", "deinterleave_gate_up", "check_split_sizes", "grouped_tile_start",
-    "grouped_tiles", "grouped_block_start", "grouped_col_blocks", "grouped_rows",
+    "grouped_tiles", "grouped_block_start", "grouped_col_blocks", "grouped_rows", "set_split_size_checks",
 ]
