@@ -220,9 +220,10 @@ class MXGroupedGemmSm90Kernel:
             sT16: cute.struct.Align[cute.struct.MemRange[BFloat16, t16_elems], 1024]
 
         self.shared_storage = SharedStorage
-        units = (tokens + self.tile_m - 1) // self.tile_m + num_experts - 1
         if cutlass.const_expr(self.filled_only):
             units = filled_slots(tokens, num_experts) + (gap_groups(num_experts) if self.gap_codes else 0)
+        else:
+            units = (tokens + self.tile_m - 1) // self.tile_m + num_experts - 1
         self.kernel(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, offsets, out, probs, h, hq_row, hs_row,
                     hq_col, hs_col, tokens, num_experts, num_tiles, mma_wide, mma_half, mma_narrow, a8_smem, b8_smem,
                     t16_smem, tma_a_n, tma_mA_n, tma_a_h, tma_mA_h).launch(
