@@ -87,6 +87,10 @@ def _sm90_mx_grouped_gemm_configs():
         # the swapped forms' decode geometry (few tokens per expert): FC1 and FC2 of the flash decode shape
         (4096, 4096, (True, True, False, False, True, False, True, True, False, True)),
         (4096, 2048, (False,) * 6 + (True, False, False, True)),
+        # its narrow form (128 features a CTA: a decode step whose 256-feature CTAs leave a short last
+        # wave): FC1 and FC2 of the pro decode shape
+        (6144, 7168, (True, True, False, False, True, False, True, True, False, 2)),
+        (7168, 3072, (False,) * 6 + (True, False, False, 2)),
     ]
 
     def must_for(flags):

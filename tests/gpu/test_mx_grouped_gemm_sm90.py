@@ -66,7 +66,7 @@ def _check_gemm(out, a_dq, b_dq, sizes, offsets):
     return ref
 
 
-GEOMETRIES = [pytest.param(False, id="train"), pytest.param(True, id="decode")]
+GEOMETRIES = [pytest.param(False, id="train"), pytest.param(True, id="decode"), pytest.param(2, id="decode_narrow")]
 
 
 @pytest.mark.parametrize("decode", GEOMETRIES)
@@ -147,22 +147,24 @@ def _check_fc1(out, sizes, adq, bdq, offsets, probs, swizzled):
         assert torch.equal(hs_col, col_ref.scale)
 
 
+@pytest.mark.parametrize("decode", [pytest.param(True, id="decode"), pytest.param(2, id="decode_narrow")])
 @pytest.mark.parametrize("swizzled", [False, True])
 @pytest.mark.parametrize("e,touched", [
     (40, {0: 1, 3: 128, 4: 129, 31: 256, 32: 5, 39: 2}),  # full tiles: a gap tile after their tokens
     (1000, {5: 3, 300: 128, 600: 1, 998: 124, 999: 128}),  # T % 128 == 0: no trailing gap tile
     (1000, {0: 1, 999: 1}),
 ])
-def test_decode_grid_few_touched_experts(e, touched, swizzled):
+def test_decode_grid_few_touched_experts(e, touched, swizzled, decode):
     """The decode grid enumerates only the tiles that hold tokens (a warp scan over ``offsets``);
     the gap tiles of up to 1000 experts, touched or not, get their padding codes from the tail CTAs."""
     sizes = [touched.get(i, 0) for i in range(e)]
     (aq, as_, adq), (bq, bs, bdq), offsets = _problem(sizes, 512, 128, seed=11, spread=6)
     probs = torch.rand(sum(sizes), device="cuda")
     out = mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, swiglu=True, probs=probs, h_bf16=True, h_row=True,
-                               h_col=True, swizzled=swizzled, _poison=True, _decode=True)
+                               h_col=True, swizzled=swizzled, _poison=True, _decode=decode)
     _check_fc1(out, sizes, adq, bdq, offsets, probs, swizzled)
-    _check_gemm(mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, _poison=True, _decode=True), adq, bdq, sizes, offsets)
+    _check_gemm(mx_grouped_gemm_sm90(aq, as_, bq, bs, offsets, _poison=True, _decode=decode), adq, bdq, sizes,
+                offsets)
 
 
 def test_fc1_many_experts_random():
@@ -228,23 +230,25 @@ def test_dequantized_tokens_bit_identical(swiglu, decode):
 
 
 def test_geometries_bit_identical():
-    """The training (256 tokens x 128 features) and decode (128 x 256) geometries of the swapped
-    kernels write the same bytes: FC1 with every h output, and FC2, on bf16 tokens."""
+    """The training (256 tokens x 128 features), decode (128 x 256) and narrow decode (128 x 128)
+    geometries of the swapped kernels write the same bytes: FC1 with every h output, and FC2, on
+    bf16 tokens."""
     sizes = [0, 1, 33, 130, 5, 0, 77, 32, 256, 300, 129]
     (aq, as_, _), (bq, bs, _), offsets = _problem(sizes, 512, 512, seed=13, spread=6)
     ad = dequantize_rowwise_kperm(aq, as_)
     kw = dict(swiglu=True, probs=torch.rand(sum(sizes), device="cuda"), h_bf16=True, h_col=True, swizzled=True,
               h_dequant=True)
     outs = [mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _poison=True, _decode=d, **kw)
-            for d in (False, True)]
-    for name, r in outs[0].items():
-        g = outs[1][name]
-        for rt, gt in zip(r if isinstance(r, tuple) else (r,), g if isinstance(g, tuple) else (g,)):
-            if rt is not None:
-                assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
+            for d in (False, True, 2)]
+    for other in outs[1:]:
+        for name, r in outs[0].items():
+            g = other[name]
+            for rt, gt in zip(r if isinstance(r, tuple) else (r,), g if isinstance(g, tuple) else (g,)):
+                if rt is not None:
+                    assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
     ys = [mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _poison=True, _decode=d)
-          for d in (False, True)]
-    assert torch.equal(ys[0], ys[1])
+          for d in (False, True, 2)]
+    assert torch.equal(ys[0], ys[1]) and torch.equal(ys[0], ys[2])
 
 
 def _dense_weights(bq, bs):

@@ -8,8 +8,8 @@ accumulation. One kernel per static configuration (N, K, epilogue flags); T, E a
 
 How the work is laid out, and why:
 - A CTA owns one *unit* of placed 128-token tiles of one expert (REFERENCE §2 grouped placement,
-  :func:`placed_unit`) by a tile of output features, in one of two geometries (``set_geometry``;
-  the launcher picks by the mean tokens per expert):
+  :func:`placed_unit`) by a tile of output features, in one of three geometries (``set_geometry``;
+  the launcher picks, :func:`swapped_geometry`):
   - training (from 160 tokens per expert on average, the measured crossover): units of two
     tiles, 256 tokens (starting at ``offsets[e] // 256 + e``), by 128 features: each warpgroup
     owns one 64-row block of weights for all 256 tokens, so a weight element converted once
@@ -17,7 +17,9 @@ How the work is laid out, and why:
     per conversion qwen3's FC1 GEMM took ~10% longer);
   - decode: one tile, 128 tokens, by 256 features (two blocks per warpgroup): with a few tokens per
     expert the kernel streams weights, and twice the weight bytes per stage and per CTA keep that
-    stream at HBM speed (the training geometry read 25% fewer GB/s there).
+    stream at HBM speed (the training geometry read 25% fewer GB/s there);
+  - narrow decode: the same by 128 features, twice the CTAs, when the decode CTAs would leave a
+    short last round on the SMs (pro B=1: 144 CTAs on 132 SMs, see DECODE_NARROW_GEOMETRY).
   The grid is known on the host without reading ``offsets``: training, (N / features, ceil(T /
   unit) + E - 1), one CTA per placed unit, gap units included (they write padding scale codes);
   decode, one CTA per (N tile, *filled* tile slot), ceil(T / 128) + min(E, T) - 1 slots found by a
@@ -67,6 +69,8 @@ How the work is laid out, and why:
 
 from __future__ import annotations
 
+import functools
+
 import cuda.bindings.driver as cuda
 import cutlass
 import cutlass.cute as cute
@@ -95,8 +99,20 @@ THREADS = 128 * WARPGROUPS
 #   a few tokens per expert the kernel streams weights, and twice the weight bytes per stage (and
 #   per CTA) keep that stream at HBM speed (session 12, H200: the training form read 2300-2650 GB/s
 #   of weights in decode, this one 3000-3200).
+# - decode, narrow: 128 tokens x 128 features, 8 stages of 16 KB + 8 KB: twice the CTAs for the
+#   same weights, for a decode step whose 256-feature CTAs would leave a short last wave (pro B=1:
+#   144 CTAs on 132 SMs; one SM streams weights at ~25 GB/s however idle the others are, so the
+#   12-CTA second wave cost as much as the first; half-size CTAs make 3 half rounds of it: FC1
+#   148 -> 140 us, FC2 70 -> 67, session 15, H200).
 TRAIN_GEOMETRY = (2, 128, 5)
 DECODE_GEOMETRY = (1, 256, 6)
+DECODE_NARROW_GEOMETRY = (1, 128, 8)
+GEOMETRIES = (TRAIN_GEOMETRY, DECODE_GEOMETRY, DECODE_NARROW_GEOMETRY)  # by the ``decode`` flag: 0, 1, 2
+# the launcher takes the narrow decode form when its rounds of half-size CTAs, each costing this
+# much of a full round, beat the full-size CTAs' rounds (session 15, H200, bench_geometry.py
+# --batch: 0.63 at pro B=1, three narrow rounds 140 us against two full ones 148; where both make
+# the same rounds the full-size form wins, e.g. flash B=1 52 vs 70 us)
+NARROW_ROUND_COST = 0.6
 # the launcher picks the training form from this many tokens per expert on average (T / E): the
 # measured crossover (bench/bench_geometry.py, H200, top-6 routing, qwen3 and flash shapes: the
 # decode form faster up to 144 tokens per expert, the two within 2% at 160, the training form
@@ -113,6 +129,24 @@ def filled_slots(tokens, num_experts):
     """Decode grid rows that cover every placed tile holding tokens: expert e fills
     ceil(size_e / 128) tiles, at most ceil(T / 128) + min(E, T) - 1 in all (host ints or Int32)."""
     return (tokens + TILE_TOKENS - 1) // TILE_TOKENS + _min(num_experts, tokens) - 1
+
+
+def swapped_geometry(dev, n: int, tokens: int, num_experts: int) -> int:
+    """The swapped kernels' geometry (index into GEOMETRIES) for this launch: training from
+    TRAIN_MIN_TOKENS_PER_EXPERT tokens per expert on average; below, decode, narrow when its
+    half-size CTAs' rounds on the GPU's SMs cost less (NARROW_ROUND_COST each) than the full-size
+    CTAs' rounds (both counted on the host's bound of the filled tiles)."""
+    if tokens >= TRAIN_MIN_TOKENS_PER_EXPERT * num_experts:
+        return 0
+    sms = _sm_count(torch.device(dev).index if torch.device(dev).index is not None else torch.cuda.current_device())
+    ctas = n // DECODE_GEOMETRY[1] * filled_slots(tokens, num_experts)
+    rounds, narrow_rounds = -(-ctas // sms), -(-(2 * ctas) // sms)
+    return 2 if narrow_rounds * NARROW_ROUND_COST < rounds else 1
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def gap_groups(num_experts):
@@ -133,7 +167,7 @@ class MXGroupedGemmSm90Kernel:
 
     def __init__(self, n: int, k: int, swiglu: bool = False, with_probs: bool = False, h_bf16: bool = False,
                  h_row: bool = False, h_col: bool = False, swizzled: bool = False, tokens_bf16: bool = False,
-                 h_dequant: bool = False, weights_bf16: bool = False, decode: bool = False):
+                 h_dequant: bool = False, weights_bf16: bool = False, decode: int = 0):
         if k <= 0 or k % TILE_K:
             raise ValueError(f"K must be a positive multiple of {TILE_K}, got {k}")
         self.set_geometry(decode)
@@ -165,17 +199,18 @@ class MXGroupedGemmSm90Kernel:
         # warpgroup), features its N (256), both operands from shared memory, no conversion at all
         self.weights_bf16 = weights_bf16
 
-    def set_geometry(self, decode: bool):
-        """A CTA's tile (see TRAIN_GEOMETRY): ``tile_m`` tokens (``unit_tiles`` placed tiles) x
-        ``tile_n`` features, ``blocks`` 64-row WGMMA blocks per warpgroup, the WGMMA N by the unit's
-        tokens (``widths``), the staged output / h tiles."""
-        self.unit_tiles, self.tile_n, self.stages = DECODE_GEOMETRY if decode else TRAIN_GEOMETRY
+    def set_geometry(self, decode: int):
+        """A CTA's tile (``GEOMETRIES[decode]``: 0 training, 1 decode, 2 narrow decode; see
+        TRAIN_GEOMETRY): ``tile_m`` tokens (``unit_tiles`` placed tiles) x ``tile_n`` features,
+        ``blocks`` 64-row WGMMA blocks per warpgroup, the WGMMA N by the unit's tokens (``widths``),
+        the staged output / h tiles."""
+        self.unit_tiles, self.tile_n, self.stages = GEOMETRIES[int(decode)]
         self.tile_m = TILE_TOKENS * self.unit_tiles
         self.blocks = self.tile_n // WARPGROUPS // 64
         self.widths = (NARROW, TILE_TOKENS, self.tile_m)  # <= 32, <= 128, more (training form only)
         # decode: the grid enumerates only the tiles that hold tokens (``filled_tile``), and FC1's
         # gap tiles get their padding scale codes from a few tail CTAs (``write_gap_tiles``)
-        self.filled_only = decode
+        self.filled_only = int(decode) > 0
         self.out_row_bytes = row_bytes(self.tile_n)  # staged bf16 output rows (+16: stmatrix rows over banks)
         self.h_rows, self.h_cols = self.tile_m, self.tile_n // 2
 
@@ -627,9 +662,11 @@ def _placeholder_args(tokens_bf16=False, h_dequant=False, weights_bf16=False):
 def compiled_mx_grouped_gemm_kernel(n, k, flags=(False,) * 6, arch=None, keep_ptx=False):
     """``flags`` = (swiglu, with_probs, h_bf16, h_row, h_col, swizzled, tokens_bf16, h_dequant,
     weights_bf16, decode); missing trailing flags are False. ``decode`` (swapped forms only): the
-    decode geometry (DECODE_GEOMETRY); the dense form has one."""
-    flags = tuple(bool(f) for f in flags) + (False,) * (10 - len(flags))
-    flags = flags[:9] + (flags[9] and not flags[8],)
+    geometry, ``GEOMETRIES[decode]`` (False / True: training / decode, 2: narrow decode); the dense
+    form has one."""
+    flags = tuple(flags) + (False,) * (10 - len(flags))
+    geometry = 0 if flags[8] else int(flags[9])
+    flags = tuple(bool(f) for f in flags[:9]) + (geometry if geometry > 1 else bool(geometry),)
     from .dense_grouped_gemm import DenseGroupedGemmSm90Kernel  # (it subclasses this module's kernel)
     cls = DenseGroupedGemmSm90Kernel if flags[8] else MXGroupedGemmSm90Kernel
     return compile_kernel(("mx_grouped_gemm_sm90", n, k, flags), lambda: cls(n, k, *flags),
@@ -698,8 +735,8 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     ``_poison``: tests set it to fill every output first (bf16 NaN, bytes 0xFF: values finite inputs
     never produce), so that anything not written shows up. ``_ctas`` (tests): the dense kernel's
     persistent grid in clusters, fewer than the GPU holds (each CTA then walks more tiles).
-    ``_decode`` (tests): the swapped forms' geometry, instead of the choice by tokens per expert
-    (TRAIN_MIN_TOKENS_PER_EXPERT).
+    ``_decode`` (tests): the swapped forms' geometry (an index into GEOMETRIES; False / True:
+    training / decode), instead of the launcher's choice (:func:`swapped_geometry`).
     """
     if offsets.dtype != torch.int32 or offsets.dim() != 1:
         raise TypeError(f"offsets must be a 1-D int32 tensor, got {offsets.dtype} {tuple(offsets.shape)}")
@@ -756,9 +793,9 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         hq_col = alloc((tokens, hidden), torch.uint8)
         hs_col = alloc((hidden, 4 * tiles) if swizzled else (4 * tiles, hidden), torch.uint8)
     if tokens > 0 and tiles > 0:
-        decode = b_dequant is None and (tokens < TRAIN_MIN_TOKENS_PER_EXPERT * num_experts if _decode is None
-                                        else bool(_decode))
-        unit = TILE_TOKENS * (DECODE_GEOMETRY if decode else TRAIN_GEOMETRY)[0]
+        decode = 0 if b_dequant is not None else (
+            swapped_geometry(dev, n, tokens, num_experts) if _decode is None else int(_decode))
+        unit = TILE_TOKENS * GEOMETRIES[decode][0]
         units = filled_slots(tokens, num_experts) + gap_groups(num_experts) if decode else (
             -(-tokens // unit) + num_experts - 1)
         if b_dequant is None and units > 65535:  # units run along grid y
