@@ -118,6 +118,21 @@ def test_decode_grid_covers_each_placed_tile_once(num_experts):
         assert set(gaps) | set(got) == set(range(num_tiles))
 
 
+def test_swapped_geometry_picks_the_measured_faster_form():
+    """The launcher's geometry on an H200's 132 SMs for the decode rows session 15 measured
+    (bench_geometry --batch, top-6): narrow only where it was faster or level (pro T=6: 144
+    full-size CTAs, two rounds; flash T=12: level), decode elsewhere, training from 160 tokens
+    per expert (the session-13 crossover)."""
+    from cute_moe.kernels.sm90.mx_grouped_gemm import pick_geometry
+
+    pro, flash = (384, 7168, 3072), (256, 4096, 2048)
+    want = {(pro, 6): 2, (pro, 12): 1, (pro, 24): 1, (pro, 96): 1, (flash, 6): 1, (flash, 12): 2, (flash, 96): 1}
+    for ((e, k, h), t), geometry in want.items():
+        assert pick_geometry(132, 2 * h, t, e) == geometry, (e, t, "FC1")
+        assert pick_geometry(132, k, t, e) == geometry, (e, t, "FC2")
+    assert pick_geometry(132, 1536, 128 * 160, 128) == 0 and pick_geometry(132, 1536, 128 * 159, 128) == 1
+
+
 def test_grouped_columnwise_swizzle_is_dense_swizzle_of_transpose():
     x = torch.randn(200, 128).bfloat16()
     sizes = torch.tensor([70, 0, 130])

@@ -132,13 +132,18 @@ def filled_slots(tokens, num_experts):
 
 
 def swapped_geometry(dev, n: int, tokens: int, num_experts: int) -> int:
-    """The swapped kernels' geometry (index into GEOMETRIES) for this launch: training from
-    TRAIN_MIN_TOKENS_PER_EXPERT tokens per expert on average; below, decode, narrow when its
-    half-size CTAs' rounds on the GPU's SMs cost less (NARROW_ROUND_COST each) than the full-size
-    CTAs' rounds (both counted on the host's bound of the filled tiles)."""
+    """The swapped kernels' geometry (index into GEOMETRIES) for this launch on device ``dev``:
+    :func:`pick_geometry` with the GPU's SM count."""
+    index = torch.device(dev).index
+    return pick_geometry(_sm_count(torch.cuda.current_device() if index is None else index), n, tokens, num_experts)
+
+
+def pick_geometry(sms: int, n: int, tokens: int, num_experts: int) -> int:
+    """Training from TRAIN_MIN_TOKENS_PER_EXPERT tokens per expert on average; below, decode, or
+    narrow decode when its half-size CTAs' rounds on ``sms`` SMs cost less (NARROW_ROUND_COST each)
+    than the full-size CTAs' rounds (both counted on the host's bound of the filled tiles)."""
     if tokens >= TRAIN_MIN_TOKENS_PER_EXPERT * num_experts:
         return 0
-    sms = _sm_count(torch.device(dev).index if torch.device(dev).index is not None else torch.cuda.current_device())
     ctas = n // DECODE_GEOMETRY[1] * filled_slots(tokens, num_experts)
     rounds, narrow_rounds = -(-ctas // sms), -(-(2 * ctas) // sms)
     return 2 if narrow_rounds * NARROW_ROUND_COST < rounds else 1
