@@ -154,6 +154,16 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def grid_rows(tokens, num_experts, geometry: int, gap_codes: bool = True):
+    """Launch grid rows (y) of the swapped kernels: training, one per placed 256-token unit,
+    ceil(T / 256) + E - 1; the decode forms, the filled tile slots, then FC1's gap-code CTAs
+    (host ints, or Int32 in the kernel; the host checks the bound with ``gap_codes``)."""
+    if geometry:
+        return filled_slots(tokens, num_experts) + (gap_groups(num_experts) if gap_codes else 0)
+    unit = TILE_TOKENS * TRAIN_GEOMETRY[0]
+    return (tokens + unit - 1) // unit + num_experts - 1
+
+
 def gap_groups(num_experts):
     """Gap-code CTAs per N tile of the decode grid: one per GAP_GROUP experts."""
     return (num_experts + GAP_GROUP - 1) // GAP_GROUP
@@ -260,10 +270,7 @@ class MXGroupedGemmSm90Kernel:
             sT16: cute.struct.Align[cute.struct.MemRange[BFloat16, t16_elems], 1024]
 
         self.shared_storage = SharedStorage
-        if cutlass.const_expr(self.filled_only):
-            units = filled_slots(tokens, num_experts) + (gap_groups(num_experts) if self.gap_codes else 0)
-        else:
-            units = (tokens + self.tile_m - 1) // self.tile_m + num_experts - 1
+        units = grid_rows(tokens, num_experts, int(self.filled_only), self.gap_codes)
         self.kernel(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, offsets, out, probs, h, hq_row, hs_row,
                     hq_col, hs_col, tokens, num_experts, num_tiles, mma_wide, mma_half, mma_narrow, a8_smem, b8_smem,
                     t16_smem, tma_a_n, tma_mA_n, tma_a_h, tma_mA_h).launch(
@@ -800,12 +807,10 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     if tokens > 0 and tiles > 0:
         decode = 0 if b_dequant is not None else (
             swapped_geometry(dev, n, tokens, num_experts) if _decode is None else int(_decode))
-        unit = TILE_TOKENS * GEOMETRIES[decode][0]
-        units = filled_slots(tokens, num_experts) + gap_groups(num_experts) if decode else (
-            -(-tokens // unit) + num_experts - 1)
+        units = grid_rows(tokens, num_experts, decode)
         if b_dequant is None and units > 65535:  # units run along grid y
-            raise ValueError(f"{tokens} tokens over {num_experts} experts need {units} {unit}-token units, more "
-                             "than 65535")
+            raise ValueError(f"{tokens} tokens over {num_experts} experts need {units} CTA rows "
+                             f"({TILE_TOKENS * GEOMETRIES[decode][0]}-token units), more than 65535")
         flags = (swiglu, probs is not None, h_bf16, h_row, h_col, swizzled, a_dequant is not None, h_dequant,
                  b_dequant is not None, decode)
         kern = compiled_mx_grouped_gemm_kernel(n, k, flags, target_arch(dev))
