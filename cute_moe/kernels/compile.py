@@ -53,6 +53,13 @@ def target_arch(device=None) -> str:
     raise RuntimeError("no CUDA device and CUTE_DSL_ARCH is unset: set CUTE_DSL_ARCH=sm_90a (or sm_100a) to compile")
 
 
+def device_index(dev) -> int:
+    """The CUDA device index of ``dev`` ("cuda" alone: the current device), a key for per-device
+    caches of what the driver reports."""
+    index = torch.device(dev).index
+    return torch.cuda.current_device() if index is None else index
+
+
 def gmem_ptr(dtype, tensor=None):
     """A global-memory pointer argument (address 0 when compiling without data)."""
     return make_ptr(dtype, 0 if tensor is None else tensor.data_ptr(), cute.AddressSpace.gmem, assumed_align=16)

@@ -33,6 +33,7 @@ from ..common.placement import TILE_TOKENS, placed_unit
 from ..common.ptx import f32_to_bf16x2, ld_global_v4_pred, quad_transpose, st_global, st_shared
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_BYTES as H_TILE_BYTES
+from ..compile import device_index
 from .mx_grouped_gemm import GLU, THREADS, TILE_K, WARPGROUPS, MXGroupedGemmSm90Kernel
 from .parts import (banded_coords, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16, mma_partitions,
                     tma_tile_partitions, token_tma_atom, weight_tma_atom, wgmma_ss_consume)
@@ -279,8 +280,7 @@ def resident_clusters(dev, cluster: int) -> int:
     """How many clusters of ``cluster`` CTAs (one per SM: the persistent kernel's shared memory) are
     resident at once on ``dev``: the persistent grid. GPCs whose SM count is not a multiple of the
     cluster leave SMs out, so this is asked of the driver, not derived from the SM count."""
-    return _resident_clusters(torch.device(dev).index if torch.device(dev).index is not None
-                              else torch.cuda.current_device(), cluster)
+    return _resident_clusters(device_index(dev), cluster)
 
 
 def dense_grid(dev, n: int, tokens: int, num_experts: int, clusters=None) -> int:

@@ -85,7 +85,7 @@ from ..common.activation import swiglu_bf16x2
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS, filled_tile, gap_tile, placed_unit
 from ..common.ptx import e4m3_to_bf16_scaled, ld_global_u8, ld_shared, st_global, st_shared
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise, row_bytes
-from ..compile import addr, check_aligned, compile_kernel, gmem_ptr, launch, stream_arg, target_arch
+from ..compile import addr, check_aligned, compile_kernel, device_index, gmem_ptr, launch, stream_arg, target_arch
 from .parts import (banded_head_tail, banded_tile, bf16_view, grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16,
                     release_and_refill, stage_acc_bf16, start_ab_pipeline, token_tma_atom)
 
@@ -134,8 +134,7 @@ def filled_slots(tokens, num_experts):
 def swapped_geometry(dev, n: int, tokens: int, num_experts: int) -> int:
     """The swapped kernels' geometry (index into GEOMETRIES) for this launch on device ``dev``:
     :func:`pick_geometry` with the GPU's SM count."""
-    index = torch.device(dev).index
-    return pick_geometry(_sm_count(torch.cuda.current_device() if index is None else index), n, tokens, num_experts)
+    return pick_geometry(_sm_count(device_index(dev)), n, tokens, num_experts)
 
 
 def pick_geometry(sms: int, n: int, tokens: int, num_experts: int) -> int:
