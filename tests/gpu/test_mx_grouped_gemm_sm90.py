@@ -66,6 +66,17 @@ def _check_gemm(out, a_dq, b_dq, sizes, offsets):
     return ref
 
 
+def _assert_same_bytes(ref, got, names=None):
+    """Each output ``names`` of ``ref`` (a tensor or a tuple of tensors) byte-equal to ``got``'s;
+    by default every output ``ref`` has (those it left None skipped)."""
+    for name in names or ref:
+        r, g = ref[name], got[name]
+        if r is None and names is None:
+            continue
+        for rt, gt in zip(r if isinstance(r, tuple) else (r,), g if isinstance(g, tuple) else (g,)):
+            assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
+
+
 GEOMETRIES = [pytest.param(False, id="train"), pytest.param(True, id="decode"), pytest.param(2, id="decode_narrow")]
 
 
@@ -221,12 +232,7 @@ def test_dequantized_tokens_bit_identical(swiglu, decode):
         assert hd["h_row"] is None
         assert torch.equal(hd["h_dequant"], dequantize_rowwise_kperm(*plain["h_row"]))
         assert torch.equal(hd["z"], ref["z"])
-    for name, r in ref.items():
-        if r is None:
-            continue
-        g = got[name]
-        for rt, gt in zip(r if isinstance(r, tuple) else (r,), g if isinstance(g, tuple) else (g,)):
-            assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
+    _assert_same_bytes(ref, got)
 
 
 def test_geometries_bit_identical():
@@ -241,11 +247,7 @@ def test_geometries_bit_identical():
     outs = [mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _poison=True, _decode=d, **kw)
             for d in (False, True, 2)]
     for other in outs[1:]:
-        for name, r in outs[0].items():
-            g = other[name]
-            for rt, gt in zip(r if isinstance(r, tuple) else (r,), g if isinstance(g, tuple) else (g,)):
-                if rt is not None:
-                    assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
+        _assert_same_bytes(outs[0], other)
     ys = [mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _poison=True, _decode=d)
           for d in (False, True, 2)]
     assert torch.equal(ys[0], ys[1]) and torch.equal(ys[0], ys[2])
@@ -280,10 +282,7 @@ def test_dense_weights_bit_identical(swiglu, n, k):
     got_dq = mx_grouped_gemm_sm90(None, None, None, None, offsets, a_dequant=ad, b_dequant=bd, h_dequant=True,
                                   _poison=True, **kw)
     assert torch.equal(got_dq["h_dequant"], ref_dq["h_dequant"])
-    for name in ("z", "h", "h_row", "h_col"):
-        for rt, gt in zip(ref[name] if isinstance(ref[name], tuple) else (ref[name],),
-                          got[name] if isinstance(got[name], tuple) else (got[name],)):
-            assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
+    _assert_same_bytes(ref, got, ("z", "h", "h_row", "h_col"))
 
 
 @pytest.mark.parametrize("swiglu", [False, True])
@@ -308,9 +307,7 @@ def test_dense_persistent_many_tiles(swiglu, n, ctas):
         _check_gemm(got, a_dq, b_dq, sizes, offsets)
         assert torch.equal(got.view(torch.uint8), ref.view(torch.uint8))
         return
-    for name in ("z", "h", "h_row", "h_col"):
-        for rt, gt in zip(ref[name], got[name]) if isinstance(ref[name], tuple) else [(ref[name], got[name])]:
-            assert torch.equal(rt.view(torch.uint8), gt.view(torch.uint8)), name
+    _assert_same_bytes(ref, got, ("z", "h", "h_row", "h_col"))
 
 
 def test_kperm_rowwise_order():
