@@ -677,7 +677,7 @@ def compiled_mx_grouped_gemm_kernel(n, k, flags=(False,) * 6, arch=None, keep_pt
     form has one."""
     flags = tuple(flags) + (False,) * (10 - len(flags))
     geometry = 0 if flags[8] else int(flags[9])
-    flags = tuple(bool(f) for f in flags[:9]) + (geometry if geometry > 1 else bool(geometry),)
+    flags = tuple(bool(f) for f in flags[:9]) + (geometry,)
     from .dense_grouped_gemm import DenseGroupedGemmSm90Kernel  # (it subclasses this module's kernel)
     cls = DenseGroupedGemmSm90Kernel if flags[8] else MXGroupedGemmSm90Kernel
     return compile_kernel(("mx_grouped_gemm_sm90", n, k, flags), lambda: cls(n, k, *flags),
