@@ -102,8 +102,11 @@ def _sm90_mx_grouped_gemm_configs():
                      "setmaxnreg.inc.sync.aligned.u32", "setmaxnreg.dec.sync.aligned.u32", "multicast::cluster",
                      "shfl.sync.bfly", "st.global.v4.u32")
             return dense + (("bar.sync", "bar.arrive", "ld.global.cg.v4.u32") if flags[0] else ())
-        # bf16 tokens come by TMA alone: no generic-proxy smem writes to fence in the mainloop
-        return tuple(m for m in must if len(flags) == 6 or m != "fence.proxy.async")
+        if len(flags) == 6:
+            return must
+        # bf16 tokens come by TMA alone: no generic-proxy smem writes to fence in the mainloop; the
+        # weights' scale codes come four to a word, two k-tile pairs ahead
+        return tuple({"ld.global.nc.u8": "ld.global.nc.u32"}.get(m, m) for m in must if m != "fence.proxy.async")
 
     return [
         KernelConfig(

@@ -262,6 +262,12 @@ def ld_global_u8(addr: Int64, *, loc=None, ip=None) -> Uint32:
 
 
 @dsl_user_op
+def ld_global_u32(addr: Int64, *, loc=None, ip=None) -> Uint32:
+    """One 32-bit word through the read-only path (four scale codes)."""
+    return Uint32(_asm(T.i32(), [Int64(addr)], "ld.global.nc.u32 $0, [$1];", "=r,l", loc=loc, ip=ip))
+
+
+@dsl_user_op
 def e4m3_to_bf16_scaled(words, code, *, loc=None, ip=None):
     """MX dequantization of 4*len(words) e4m3 bytes with one E8M0 ``code``: bf16 pairs
     ``bf16(float(q) * 2**(code-127))`` in element order (element 2k in the low half of word k).

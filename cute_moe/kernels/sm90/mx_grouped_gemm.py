@@ -83,7 +83,7 @@ from ...quant.layout import grouped_tiles
 from ...quant.mxfp8 import dequantize
 from ..common.activation import swiglu_bf16x2
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS, filled_tile, gap_tile, placed_unit
-from ..common.ptx import e4m3_to_bf16_scaled, ld_global_u8, ld_shared, st_global, st_shared
+from ..common.ptx import e4m3_to_bf16_scaled, ld_global_u8, ld_global_u32, ld_shared, st_global, st_shared
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise, row_bytes
 from ..compile import addr, check_aligned, compile_kernel, device_index, gmem_ptr, launch, stream_arg, target_arch
 from .parts import (banded_head_tail, banded_tile, bf16_view, grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16,
@@ -422,6 +422,14 @@ class MXGroupedGemmSm90Kernel:
         return [ld_global_u8(base + kb_index + o) for o in offs]
 
     @cute.jit
+    def weight_code_words(self, b_sc, fc, kb_index):
+        """The four E8M0 codes of each of this thread's weight rows at scale columns ``kb_index`` ..
+        + 3 (two k-tiles; ``kb_index`` % 4 == 0, K % 128 == 0: 4-byte aligned) as one word per
+        row: a quarter of the loads of :meth:`weight_codes`."""
+        base, offs = b_sc
+        return [ld_global_u32(base - fc // 2 + kb_index + o) for o in offs]
+
+    @cute.jit
     def weights_to_registers(self, stage: Int32, f_rows, fc, codes, rA32_j, j: cutlass.Constexpr):
         """Dequantize block j's two rows (16 e4m3 bytes each) straight into its A fragment words:
         per k16 step s, (row, k 2c), (row+8, k 2c), (row, k 2c+8), (row+8, k 2c+8)."""
@@ -545,13 +553,20 @@ class MXGroupedGemmSm90Kernel:
         b8 = storage.sB8.data_ptr().toint()
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         prev = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
-        b_next = self.weight_codes(b_sc, 0)
+        # the codes of a k-tile pair in one word per row, loaded two pairs ahead: loaded one k-tile
+        # ahead, their L2 round trip was the mainloop's second stall (ncu source counters, pro B=1
+        # FC1: 5% of the warps' samples, after the full-barrier waits' 14%); one pair ahead was
+        # not enough (bench_ab, session 16: pro B=1 FC1 140.0 -> 145.8 us one pair ahead, 135.6 two)
+        w_next = self.weight_code_words(b_sc, fc, 0)
+        w_next2 = self.weight_code_words(b_sc, fc, 4 * cutlass.min(1, k_tiles // 2 - 1))
+        shift = (fc // 2) * 8
         for kt2 in cutlass.range(k_tiles // 2, unroll=1):  # k_tiles is even here (K % 128 == 0)
+            w_cur = w_next
+            w_next = w_next2
+            w_next2 = self.weight_code_words(b_sc, fc, 4 * cutlass.min(kt2 + 2, k_tiles // 2 - 1))
             for half in cutlass.range_constexpr(2):
                 kt = 2 * kt2 + half
-                b_codes = b_next
-                nxt = 2 * cutlass.min(kt + 1, k_tiles - 1)
-                b_next = self.weight_codes(b_sc, nxt)
+                b_codes = [(w >> (shift + 16 * half)) & Uint32(0xFF) for w in w_cur]
                 ab_pipe.consumer_wait(read)
                 stage = b8 + read.index * (self.tile_n * TILE_K)
                 for j in cutlass.range_constexpr(self.blocks):
