@@ -285,6 +285,33 @@ def test_dense_weights_bit_identical(swiglu, n, k):
     _assert_same_bytes(ref, got, ("z", "h", "h_row", "h_col"))
 
 
+@pytest.mark.parametrize("decode", GEOMETRIES)
+def test_swiglu_fallback_values_bit_exact(decode):
+    """Gate values that take the SiLU's div.rn fallback (zero, |g| >= 2^65, |g| < 2^-64) in some row
+    groups of a thread and not in others (zero token rows; gate rows scaled by 2^80 and 2^-80):
+    the swapped kernels, which recompute a thread's groups after the fact, write the dense path's
+    bytes (a fallback inline per group), and h is the reference's SwiGLU of the stored z."""
+    sizes = [0, 1, 33, 300, 5, 129]
+    t, n, k = sum(sizes), 512, 256
+    gen = torch.Generator().manual_seed(21)
+    a = torch.randn(t, k, generator=gen)
+    a[[3, 40, 41, 200, 310]] = 0  # z = 0 in these rows: g = 0 in their row groups only
+    b = torch.randn(len(sizes), n, k, generator=gen) / k**0.5
+    b[:, 64:80] *= 2.0**80  # pair 1's gates: silu of huge values (exp(-g) 0 or inf)
+    b[:, 80:96] *= 2.0**-80  # and of tiny ones
+    a, b = a.to("cuda", torch.bfloat16), b.to("cuda", torch.bfloat16)
+    (aq, as_, _), (bq, bs, _) = _mx(a), _mx(b)
+    offsets = exclusive_offsets(torch.tensor(sizes, dtype=torch.int32, device="cuda"))
+    probs = torch.rand(t, device="cuda")
+    kw = dict(swiglu=True, probs=probs, h_bf16=True, h_dequant=True, h_col=True, _poison=True)
+    ad = dequantize_rowwise_kperm(aq, as_)
+    got = mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _decode=decode, **kw)
+    dense = mx_grouped_gemm_sm90(None, None, None, None, offsets, a_dequant=ad, b_dequant=_dense_weights(bq, bs),
+                                 **kw)
+    _assert_same_bytes(dense, got)
+    assert torch.equal(got["h"], _h_reference(got["z"], probs))
+
+
 @pytest.mark.parametrize("swiglu", [False, True])
 @pytest.mark.parametrize("n,ctas", [(512, None), (768, None), (512, 1), (768, 5)])
 def test_dense_persistent_many_tiles(swiglu, n, ctas):

@@ -77,7 +77,7 @@ import cutlass.cute as cute
 import cutlass.pipeline as pipeline
 import cutlass.utils.hopper_helpers as sm90_utils
 import torch
-from cutlass import BFloat16, Float32, Int32, Int64, Uint8, Uint32
+from cutlass import BFloat16, Boolean, Float32, Int32, Int64, Uint8, Uint32
 
 from ...quant.layout import grouped_tiles
 from ...quant.mxfp8 import dequantize
@@ -621,33 +621,54 @@ class MXGroupedGemmSm90Kernel:
     def swiglu_epilogue(self, probs, h, z_stage, h_stage, row0, rows, n_tile, tidx):
         """Staged bf16 z (``tile_n`` columns = tile_n / 64 gate/up pairs) -> h = p * silu(g) * u, bf16,
         into the staged h tile (rows past ``rows`` zeroed); optionally stored as bf16 ``h``."""
-        pairs = self.tile_n // (2 * GLU)
-        per_row = 4 * pairs  # threads per row: 8 columns of each pair's 32
-        step = THREADS // per_row
-        h_pitch = row_bytes(self.h_cols)
-        blk = (tidx // 4) % pairs  # which gate/up pair
-        c8 = tidx % 4  # which 8 of its 32 columns
+        step = THREADS // (4 * (self.tile_n // (2 * GLU)))  # rows per step: 4 threads per pair and row
         hw = cute.make_rmem_tensor(4, Uint32)
+        slow = Boolean(False)
         for i in cutlass.range_constexpr(self.tile_m // step):
-            r = tidx // per_row + step * i
             hw.fill(0)
             # row groups past the unit's tokens stay zero (decode units hold a few tokens: most
             # of the 256 rows would be SiLU of stale values)
             if step * i < rows:
-                g = ld_shared(z_stage + r * self.out_row_bytes + (blk * 2 * GLU + c8 * 8) * 2, 4)
-                u = ld_shared(z_stage + r * self.out_row_bytes + (blk * 2 * GLU + GLU + c8 * 8) * 2, 4)
-                valid = r < rows
-                p = Float32(1.0)
-                if cutlass.const_expr(self.with_probs):
-                    if valid:
-                        p = cute.make_tensor(probs + (row0 + r), cute.make_layout(1))[0]
-                hv = swiglu_bf16x2(g, u, p if self.with_probs else None, valid)
+                hv, slow_i = self.swiglu_row(probs, z_stage, row0, rows, tidx, Int32(step * i), "deferred")
+                slow = slow | slow_i
                 for j in cutlass.range_constexpr(4):
                     hw[j] = hv[j]
-            st_shared(h_stage + r * h_pitch + (blk * GLU + c8 * 8) * 2, [hw[j] for j in range(4)])
+            self.store_h_row(h_stage, tidx, Int32(step * i), [hw[j] for j in range(4)])
+        # an operand outside the fast division's exact range (a zero, a huge or tiny g, an inf or
+        # a NaN: rare): this thread's rows again with div.rn, in one loop for all of its row groups
+        # instead of a fallback inlined in each (the epilogue's code and branches, session 16)
+        if slow:
+            for i in cutlass.range(self.tile_m // step, unroll=1):
+                if step * i < rows:
+                    self.store_h_row(h_stage, tidx, step * i,
+                                     self.swiglu_row(probs, z_stage, row0, rows, tidx, step * i, "divrn"))
         cute.arch.sync_threads()
         if cutlass.const_expr(self.h_bf16):
             self.store_h_bf16(h, h_stage, row0, rows, n_tile, tidx)
+
+    @cute.jit
+    def swiglu_row(self, probs, z_stage, row0, rows, tidx, group_row, silu_mode: cutlass.Constexpr):
+        """This thread's 8 h columns (4 bf16-pair words) of its row in the row group starting at
+        ``group_row``: one gate/up pair's 8 columns of 32 (:func:`swiglu_bf16x2` in ``silu_mode``)."""
+        pairs = self.tile_n // (2 * GLU)
+        r = tidx // (4 * pairs) + group_row
+        blk = (tidx // 4) % pairs  # which gate/up pair
+        c8 = tidx % 4  # which 8 of its 32 columns
+        g = ld_shared(z_stage + r * self.out_row_bytes + (blk * 2 * GLU + c8 * 8) * 2, 4)
+        u = ld_shared(z_stage + r * self.out_row_bytes + (blk * 2 * GLU + GLU + c8 * 8) * 2, 4)
+        valid = r < rows
+        p = Float32(1.0)
+        if cutlass.const_expr(self.with_probs):
+            if valid:
+                p = cute.make_tensor(probs + (row0 + r), cute.make_layout(1))[0]
+        return swiglu_bf16x2(g, u, p if self.with_probs else None, valid, silu_mode)
+
+    @cute.jit
+    def store_h_row(self, h_stage, tidx, group_row, words):
+        """:meth:`swiglu_row`'s 4 words -> the staged h tile."""
+        pairs = self.tile_n // (2 * GLU)
+        r = tidx // (4 * pairs) + group_row
+        st_shared(h_stage + r * row_bytes(self.h_cols) + (((tidx // 4) % pairs) * GLU + (tidx % 4) * 8) * 2, words)
 
     @cute.jit
     def store_h_bf16(self, h, h_stage, row0, rows, n_tile, tidx, threads: cutlass.Constexpr = THREADS):
