@@ -38,7 +38,9 @@ How the work is laid out, and why:
   through shared memory as bf16. The 16 bytes are the thread's A-fragment k slots of the four k16
   steps; the tokens' bf16 copy is in the same k order (a permutation of K inside each 64-wide
   k-tile: the dot products are unchanged). Dequantization: e4m3 -> f16 (hardware) -> f32 -> times
-  2^(E-127) -> bf16, exact.
+  2^(E-127) -> bf16, exact. The rows' E8M0 codes come from global memory, on the bf16-token path as
+  one 32-bit word per row per k-tile pair, loaded two pairs ahead (their L2 round trip stalled the
+  decode mainloop when loaded one k-tile ahead, session 16).
 - WGMMA's N follows the unit's tokens: 256 (more than 128), 128, or 32 (decode: at most 32 tokens;
   the tensor cores then stay far below the weight stream). With ``a_dequant`` the narrower units
   also load only a 128- or 32-row token box.
@@ -61,7 +63,8 @@ How the work is laid out, and why:
 - FC1 only: from the staged bf16 ``z``, ``h = p * silu(g) * u`` (REFERENCE §3 interleave: each
   64-column gate/up pair of the tile gives 32 columns of ``h``), rounded to bf16 exactly like the
   unfused path (SwiGLU of the stored bf16 ``z`` in fp32; SiLU by ``activation.silu_exact``, the IEEE
-  expression without a branch per division; row groups past the unit's tokens are skipped), staged
+  expression without a branch per division, its rare ``div.rn`` fallback run once per thread after
+  all of its row groups; row groups past the unit's tokens are skipped), staged
   as one 128-row h tile per placed tile (64 columns in training, 128 in decode), then quantized by
   the shared tile passes: warpgroup 0 rowwise, warpgroup 1 columnwise (per-expert 32-row blocks),
   at the same time. Gap tiles still write their padding scale codes.
