@@ -23,12 +23,11 @@ import tempfile
 import torch
 from triton.testing import do_bench
 
-from bench_fused import SHAPES, decode_sizes, mx_rows, torch_fc1_swiglu  # bench/ is on sys.path as a script
+from bench_fused import decode_sizes, mx_rows, torch_fc1_swiglu  # bench/ is on sys.path as a script
 from bench_routing import routings
 from cute_moe.kernels.quantize import quantize_mxfp8_cuda
 from cute_moe.quant.api import exclusive_offsets
-
-DECODE = {"pro": (384, 7168, 3072), "flash": (256, 4096, 2048)}  # (E, K, H)
+from shapes import DECODE, SHAPES
 
 
 def load_other(path, i):

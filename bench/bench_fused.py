@@ -19,13 +19,12 @@ in-memory cache empty) is reported per kernel configuration.
 """
 
 import argparse
-import json
 import time
 
 import torch
 from triton.testing import do_bench
 
-from shapes import DECODE, DECODE_BATCHES, SHAPES, TOPK, split_sizes  # bench/ is on sys.path as a script
+from shapes import DECODE, DECODE_BATCHES, SHAPES, TOPK, split_sizes, write_results  # bench/ is on sys.path as a script
 from cute_moe.functional import _FusedSm90Ops
 from cute_moe.kernels.quantize import quantize_mxfp8_cuda
 from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
@@ -271,10 +270,8 @@ def main():
     print("first call (compile or disk-cache load, + run), s:",
           {f"{a}-N{b}-K{c}": round(v, 1) for (a, b, c), v in compile_times.items()},
           f"| kernels {cache_info()} (disk cache {cache_dir()}); bench/bench_compile.py compares cold and warm")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(gpu=torch.cuda.get_device_name(), copy_gbps=copy_gbps, rows=rows,
-                           first_call_s={f"{a}-N{b}-K{c}": v for (a, b, c), v in compile_times.items()}), f, indent=1)
+    write_results(args.json, rows, copy_gbps=copy_gbps,
+                  first_call_s={f"{a}-N{b}-K{c}": v for (a, b, c), v in compile_times.items()})
 
 
 if __name__ == "__main__":

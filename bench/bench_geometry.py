@@ -12,13 +12,12 @@ table shows each geometry's time and the launcher's pick (``swapped_geometry``).
 """
 
 import argparse
-import json
 
 import torch
 
 import bench_fused  # bench/ is on sys.path as a script
 from bench_fused import decode_sizes, mx_rows
-from shapes import DECODE, SHAPES, TOPK
+from shapes import DECODE, SHAPES, TOPK, write_results
 from cute_moe.kernels.quantize import quantize_mxfp8_cuda
 from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90, swapped_geometry
 from cute_moe.quant.api import exclusive_offsets
@@ -80,9 +79,7 @@ def main():
     for name in args.shapes:
         e = shape_ekh(name)[0]
         rows += run(name, args.batch or [max(1, tpe * e // TOPK) for tpe in args.tpe])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(gpu=torch.cuda.get_device_name(), rows=rows), f, indent=1)
+    write_results(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,13 @@ FC2 = [T, H] x [E, K, H] -> [T, K] (REFERENCE §7). Both sides get the same devi
 """
 
 import argparse
-import json
 
 import torch
 from triton.testing import do_bench
 
 from cute_moe.kernels.sm90.grouped_gemm import grouped_gemm_sm90
 from cute_moe.quant.api import exclusive_offsets
-from shapes import SHAPES as ALL_SHAPES  # bench/ is on sys.path when run as a script
+from shapes import SHAPES as ALL_SHAPES, write_results  # bench/ is on sys.path when run as a script
 
 SHAPES = {k: v for k, v in ALL_SHAPES.items() if not k.endswith("zipf")}  # uniform splits only
 
@@ -41,9 +40,7 @@ def main():
     print(f"{'shape':14s} {'torch ms':>9s} {'TFLOP/s':>8s} {'ours ms':>8s} {'TFLOP/s':>8s} {'speed':>6s} {'rel err':>8s}")
     for r in rows:
         print(f"{r['shape']:14s} {r['torch_ms']:9.3f} {r['torch_tflops']:8.0f} {r['ours_ms']:8.3f} {r['ours_tflops']:8.0f} {r['torch_ms'] / r['ours_ms']:6.2f} {r['rel_err']:8.1e}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(gpu=torch.cuda.get_device_name(), rows=rows), f, indent=1)
+    write_results(args.json, rows)
 
 
 if __name__ == "__main__":

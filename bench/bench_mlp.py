@@ -10,14 +10,13 @@ Input value checks are off (``set_split_size_checks(False)``) so nothing syncs i
 """
 
 import argparse
-import json
 
 import torch
 from triton.testing import do_bench
 
 import cute_moe
 from cute_moe import MXFP8BlockScaling, autocast
-from shapes import SHAPES, split_sizes  # bench/ is on sys.path when run as a script
+from shapes import SHAPES, split_sizes, write_results  # bench/ is on sys.path when run as a script
 
 def main():
     ap = argparse.ArgumentParser()
@@ -78,9 +77,7 @@ def main():
         print(f"{r['shape']:16s} {r['torch_fc1_swiglu_ms']:20.3f} {r['bf16_fwd_ms']:9.3f} {r['bf16_fwd_bwd_ms']:9.3f} "
               f"{r['mxfp8_fwd_ms']:8.3f} {r['mxfp8_fwd_bwd_ms']:8.3f} {r['unfused_fwd_ms']:11.3f} {r['unfused_fwd_bwd_ms']:11.3f}"
               f" {r['mxfp8_vs_bf16_fwd_bwd']:13.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(gpu=torch.cuda.get_device_name(), rows=rows), f, indent=1)
+    write_results(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ graph, torch's device-to-device copy becomes a copy-engine memcpy node (~2.4 TB/
 """
 
 import argparse
-import json
 import statistics
 import time
 
@@ -19,6 +18,7 @@ from triton.testing import do_bench, do_bench_cudagraph
 
 from cute_moe.kernels.quantize import quantize_mxfp8_cuda
 from cute_moe.quant.api import exclusive_offsets
+from shapes import write_results  # bench/ is on sys.path as a script
 
 CASES = [
     # name, tokens, cols, rowwise, colwise, experts (None: dense), swizzled
@@ -78,9 +78,7 @@ def main():
     for r_ in rows:
         g_ratio = r_["ratio"] * r_["ms"] / r_["graph_ms"]
         print(f"{r_['case']:40s} {r_['ms']:8.4f} {r_['graph_ms']:9.4f} {r_['GBps']:7.0f} {r_['ratio']:8.2f} {g_ratio:13.2f} {r_['host_us']:8.0f} {r_['first_call_s']:10.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(gpu=torch.cuda.get_device_name(), copy_GBps=bw, copy_rounds=bws, rows=rows), f, indent=1)
+    write_results(args.json, rows, copy_GBps=bw, copy_rounds=bws)
 
 
 if __name__ == "__main__":

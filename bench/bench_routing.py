@@ -11,13 +11,12 @@ Zipf 0.519 / 0.249, 258 each 0.581 / 0.278, random 0.529 / 0.259 (1.19-1.28x / 1
 """
 
 import argparse
-import json
 
 import torch
 from triton.testing import do_bench
 
 from bench_fused import mx_rows, torch_fc1_swiglu  # bench/ is on sys.path as a script
-from shapes import split_sizes
+from shapes import split_sizes, write_results
 from cute_moe.kernels.quantize import quantize_mxfp8_cuda
 from cute_moe.kernels.sm90.mx_grouped_gemm import mx_grouped_gemm_sm90
 from cute_moe.quant.api import exclusive_offsets
@@ -75,9 +74,7 @@ def main():
     for r in rows:
         print(f"{r['routing']:10} {r['E']:>4} {r['T']:>6} | {r['torch_fc1_ms']:9.4f} {r['fc1_ms']:7.4f} "
               f"{r['fc1_speedup']:5.2f} | {r['torch_fc2_ms']:9.4f} {r['fc2_ms']:7.4f} {r['fc2_speedup']:5.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(gpu=torch.cuda.get_device_name(), rows=rows), f, indent=1)
+    write_results(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""The benchmark shapes, in one place (issue 3; REFERENCE §7)."""
+"""The benchmark shapes, in one place (issue 3; REFERENCE §7), and the benchmarks' JSON results file."""
+
+import json
 
 import torch
 
@@ -22,3 +24,11 @@ def split_sizes(name, e, tpe):
     sizes[-e // 8 :] = 0  # some experts empty
     sizes[0] += e * tpe - int(sizes.sum())
     return sizes
+
+
+def write_results(path, rows, **fields):
+    """A benchmark's JSON results: the GPU's name, ``fields`` (anchors such as the copy bandwidth),
+    the table's ``rows``. No file when ``path`` is None (no ``--json``)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(dict(gpu=torch.cuda.get_device_name(), **fields, rows=rows), f, indent=1)
