@@ -649,14 +649,17 @@ class MXGroupedGemmSm90Kernel:
         if cutlass.const_expr(self.h_bf16):
             self.store_h_bf16(h, h_stage, row0, rows, n_tile, tidx)
 
+    def swiglu_coords(self, tidx, group_row):
+        """This thread's row in the row group starting at ``group_row``, its gate/up pair, and which
+        8 of the pair's 32 columns it takes."""
+        pairs = self.tile_n // (2 * GLU)
+        return tidx // (4 * pairs) + group_row, (tidx // 4) % pairs, tidx % 4
+
     @cute.jit
     def swiglu_row(self, probs, z_stage, row0, rows, tidx, group_row, silu_mode: cutlass.Constexpr):
         """This thread's 8 h columns (4 bf16-pair words) of its row in the row group starting at
-        ``group_row``: one gate/up pair's 8 columns of 32 (:func:`swiglu_bf16x2` in ``silu_mode``)."""
-        pairs = self.tile_n // (2 * GLU)
-        r = tidx // (4 * pairs) + group_row
-        blk = (tidx // 4) % pairs  # which gate/up pair
-        c8 = tidx % 4  # which 8 of its 32 columns
+        ``group_row`` (:meth:`swiglu_coords`; :func:`swiglu_bf16x2` in ``silu_mode``)."""
+        r, blk, c8 = self.swiglu_coords(tidx, group_row)
         g = ld_shared(z_stage + r * self.out_row_bytes + (blk * 2 * GLU + c8 * 8) * 2, 4)
         u = ld_shared(z_stage + r * self.out_row_bytes + (blk * 2 * GLU + GLU + c8 * 8) * 2, 4)
         valid = r < rows
@@ -669,9 +672,8 @@ class MXGroupedGemmSm90Kernel:
     @cute.jit
     def store_h_row(self, h_stage, tidx, group_row, words):
         """:meth:`swiglu_row`'s 4 words -> the staged h tile."""
-        pairs = self.tile_n // (2 * GLU)
-        r = tidx // (4 * pairs) + group_row
-        st_shared(h_stage + r * row_bytes(self.h_cols) + (((tidx // 4) % pairs) * GLU + (tidx % 4) * 8) * 2, words)
+        r, blk, c8 = self.swiglu_coords(tidx, group_row)
+        st_shared(h_stage + r * row_bytes(self.h_cols) + (blk * GLU + c8 * 8) * 2, words)
 
     @cute.jit
     def store_h_bf16(self, h, h_stage, row0, rows, n_tile, tidx, threads: cutlass.Constexpr = THREADS):
