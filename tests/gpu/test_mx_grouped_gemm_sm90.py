@@ -30,9 +30,10 @@ def _mx(x):
     return q.data.view(x.shape), q.scale.view(shape_s), q.dequantize(torch.float64).view(x.shape)
 
 
-def _problem(sizes, n, k, seed=0, spread=0):
+def _problem(sizes, n, k, seed=0, spread=0, edit=None):
     """a [T, K], b [E, N, K] (bf16, then MXFP8). ``spread``: rows and experts scaled by random
-    powers of two in [-spread, spread], so that the E8M0 codes vary far from 127."""
+    powers of two in [-spread, spread], so that the E8M0 codes vary far from 127. ``edit(a, b)``:
+    changes the fp32 draws in place before they are rounded."""
     gen = torch.Generator().manual_seed(seed)
     t, e = int(sum(sizes)), len(sizes)
     a = torch.randn(t, k, generator=gen)
@@ -40,6 +41,8 @@ def _problem(sizes, n, k, seed=0, spread=0):
     if spread:
         a *= 2.0 ** torch.randint(-spread, spread + 1, (t, 1), generator=gen)
         b *= 2.0 ** torch.randint(-spread, spread + 1, (e, 1, 1), generator=gen)
+    if edit is not None:
+        edit(a, b)
     a, b = a.to("cuda", torch.bfloat16), b.to("cuda", torch.bfloat16)
     offsets = exclusive_offsets(torch.tensor(list(sizes), dtype=torch.int32, device="cuda"))
     return _mx(a), _mx(b), offsets
@@ -291,18 +294,14 @@ def test_swiglu_fallback_values_bit_exact(decode):
     groups of a thread and not in others (zero token rows; gate rows scaled by 2^80 and 2^-80):
     the swapped kernels, which recompute a thread's groups after the fact, write the dense path's
     bytes (a fallback inline per group), and h is the reference's SwiGLU of the stored z."""
+    def edit(a, b):
+        a[[3, 40, 41, 200, 310]] = 0  # z = 0 in these rows: g = 0 in their row groups only
+        b[:, 64:80] *= 2.0**80  # pair 1's gates: silu of huge values (exp(-g) 0 or inf)
+        b[:, 80:96] *= 2.0**-80  # and of tiny ones
+
     sizes = [0, 1, 33, 300, 5, 129]
-    t, n, k = sum(sizes), 512, 256
-    gen = torch.Generator().manual_seed(21)
-    a = torch.randn(t, k, generator=gen)
-    a[[3, 40, 41, 200, 310]] = 0  # z = 0 in these rows: g = 0 in their row groups only
-    b = torch.randn(len(sizes), n, k, generator=gen) / k**0.5
-    b[:, 64:80] *= 2.0**80  # pair 1's gates: silu of huge values (exp(-g) 0 or inf)
-    b[:, 80:96] *= 2.0**-80  # and of tiny ones
-    a, b = a.to("cuda", torch.bfloat16), b.to("cuda", torch.bfloat16)
-    (aq, as_, _), (bq, bs, _) = _mx(a), _mx(b)
-    offsets = exclusive_offsets(torch.tensor(sizes, dtype=torch.int32, device="cuda"))
-    probs = torch.rand(t, device="cuda")
+    (aq, as_, _), (bq, bs, _), offsets = _problem(sizes, 512, 256, seed=21, edit=edit)
+    probs = torch.rand(sum(sizes), device="cuda")
     kw = dict(swiglu=True, probs=probs, h_bf16=True, h_dequant=True, h_col=True, _poison=True)
     ad = dequantize_rowwise_kperm(aq, as_)
     got = mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _decode=decode, **kw)
