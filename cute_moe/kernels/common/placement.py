@@ -47,20 +47,25 @@ def placed_tile(offsets: cute.Pointer, num_experts: Int32, tile: Int32, lane: In
 
 @cute.jit
 def placed_unit(offsets: cute.Pointer, num_experts: Int32, unit: Int32, lane: Int32, num_tiles: Int32,
-                unit_tiles: cutlass.Constexpr = 2):
+                unit_tiles: cutlass.Constexpr = 2, with_gap: cutlass.Constexpr = False):
     """Unit ``unit`` of the placement of ``unit_tiles`` consecutive placed tiles (expert e's units
     start at ``offsets[e] // (128 unit_tiles) + e``; ``ceil(T / (128 unit_tiles)) + E - 1`` of them;
     one tile: the placed tiles themselves): a unit never straddles two experts, and the units cover
     every placed 128-token tile, gap tiles included, exactly once. Returns (expert, first token,
     the unit's rows in [0, 128 unit_tiles], its first placed tile, how many of its placed tiles
-    exist (a unit past its expert's placed tiles has fewer)). Warp-uniform."""
+    exist (a unit past its expert's placed tiles has fewer)); ``with_gap``: also the expert's gap
+    tile (-1: none, see :func:`gap_tile`) and whether the expert is empty. Warp-uniform."""
     unit_tokens = unit_tiles * TILE_TOKENS
     e, tok0, tok1 = find_expert(offsets, num_experts, unit, lane, unit_tokens)
     first_local = unit_tiles * (unit - (tok0 // unit_tokens + e))
     tile0 = tok0 // TILE_TOKENS + e + first_local
     row0 = tok0 + TILE_TOKENS * first_local
     rows = cutlass.max(cutlass.min(tok1 - row0, Int32(unit_tokens)), Int32(0))
-    tiles = cutlass.min(cutlass.min(tok1 // TILE_TOKENS + e + 1, num_tiles) - tile0, Int32(unit_tiles))
+    end = cutlass.min(tok1 // TILE_TOKENS + e + 1, num_tiles)
+    tiles = cutlass.min(end - tile0, Int32(unit_tiles))
+    if cutlass.const_expr(with_gap):
+        gap = tok0 // TILE_TOKENS + e + (tok1 - tok0 + TILE_TOKENS - 1) // TILE_TOKENS
+        return e, row0, rows, tile0, tiles, cutlass.select_(gap < end, gap, Int32(-1)), tok1 == tok0
     return e, row0, rows, tile0, tiles
 
 

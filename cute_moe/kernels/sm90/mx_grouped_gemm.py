@@ -297,8 +297,8 @@ class MXGroupedGemmSm90Kernel:
             unit_tiles = cutlass.select_(rows > 0, Int32(1), Int32(0))
         else:
             n_tile, unit = banded_tile()
-            e, row0, rows, tile0, unit_tiles = placed_unit(offsets, num_experts, unit, tidx % 32, num_tiles,
-                                                           self.unit_tiles)
+            e, row0, rows, tile0, unit_tiles, gap, empty = placed_unit(offsets, num_experts, unit, tidx % 32,
+                                                                       num_tiles, self.unit_tiles, True)
         storage = cutlass.memory.SmemAllocator().allocate(self.shared_storage)
         # epilogue staging reuses the operand buffers: the bf16 out tile in the token ring (68 KB),
         # the h tile in the bf16 token buffers or the weight ring (36 KB)
@@ -336,12 +336,25 @@ class MXGroupedGemmSm90Kernel:
                 self.swiglu_epilogue(probs, h, out_stage, h_stage, row0, rows, n_tile, tidx)
         if cutlass.const_expr(self.swiglu):
             # one 128-row h tile per placed tile of the unit (gap tiles: padding scale codes only)
-            for half in cutlass.range_constexpr(self.unit_tiles):
-                if half < unit_tiles:
-                    self.quantize_h(h_stage + half * TILE_TOKENS * row_bytes(self.h_cols), hq_row, hs_row, hq_col,
-                                    hs_col, tile0 + half, n_tile, row0 + half * TILE_TOKENS,
-                                    cutlass.max(cutlass.min(rows - half * TILE_TOKENS, Int32(TILE_TOKENS)), Int32(0)),
-                                    num_tiles, tidx)
+            # a dynamic loop, not one copy per tile: the MXFP8 passes are most of the kernel's code,
+            # and with two copies the epilogue stalled on instruction fetch (ncu, session 17: 44% of
+            # the passes' warp samples on qwen3 FC1 were "no instruction")
+            tiles_written = unit_tiles
+            if cutlass.const_expr(not self.filled_only and self.gap_codes):
+                # a gap tile that opens a unit of its own is written by the unit before it (the
+                # expert's last tokens): that unit's CTA then only looks up its expert and exits
+                # (probe, session 16: the gap units' codes cost ~6 us of qwen3's FC1); an empty
+                # expert has no unit before its gap tile
+                tiles_written = cutlass.select_((rows > 0) | empty, unit_tiles, Int32(0))
+                if rows > 0:
+                    if gap == tile0 + self.unit_tiles:
+                        self.quantize_h(h_stage, hq_row, hs_row, hq_col, hs_col, gap, n_tile, Int32(0), Int32(0),
+                                        num_tiles, tidx)
+            for half in cutlass.range(tiles_written, unroll=1):
+                self.quantize_h(h_stage + half * TILE_TOKENS * row_bytes(self.h_cols), hq_row, hs_row, hq_col,
+                                hs_col, tile0 + half, n_tile, row0 + half * TILE_TOKENS,
+                                cutlass.max(cutlass.min(rows - half * TILE_TOKENS, Int32(TILE_TOKENS)), Int32(0)),
+                                num_tiles, tidx)
             if cutlass.const_expr(self.filled_only and self.gap_codes):
                 if gap_cta:
                     self.write_gap_tiles(offsets, num_experts, unit, n_tile, hq_row, hs_row, hq_col, hs_col,
