@@ -6,8 +6,8 @@ FC1 as the fused forward runs it and FC2, against torch bf16 re-measured in the 
 Routings, T about 32768 tokens: uniform (256 per expert, whole 256-token units), Zipf (shapes.py's
 skewed sizes, an eighth of the experts empty), 258 per expert over 127 experts (two tokens past a
 unit: a second unit converts the expert's whole weight tile for them) and random sizes around 256
-(what routing looks like). Session 16 (H200, 700d4f2), FC1 / FC2 ms: uniform 0.409 / 0.199,
-Zipf 0.519 / 0.249, 258 each 0.581 / 0.278, random 0.529 / 0.259 (1.19-1.28x / 1.05-1.30x torch).
+(what routing looks like). Session 17 (H200, 5897c63), FC1 / FC2 ms: uniform 0.390 / 0.198,
+Zipf 0.508 / 0.248, 258 each 0.563 / 0.276, random 0.509 / 0.261 (1.22-1.34x / 1.06-1.30x torch).
 """
 
 import argparse

@@ -21,7 +21,9 @@ How the work is laid out, and why:
   - narrow decode: the same by 128 features, twice the CTAs, when the decode CTAs would leave a
     short last round on the SMs (pro B=1: 144 CTAs on 132 SMs, see DECODE_NARROW_GEOMETRY).
   The grid is known on the host without reading ``offsets``: training, (N / features, ceil(T /
-  unit) + E - 1), one CTA per placed unit, gap units included (they write padding scale codes);
+  unit) + E - 1), one CTA per placed unit, gap units included (an empty expert's writes its
+  padding scale codes; another expert's gap tile gets them from the unit before it, so its gap
+  unit's CTA only looks up its expert);
   decode, one CTA per (N tile, *filled* tile slot), ceil(T / 128) + min(E, T) - 1 slots found by a
   warp scan over ``offsets`` (:func:`filled_tile`), then FC1's gap-code CTAs, one per 32 experts
   per N tile (:meth:`write_gap_tiles`): a decode step touches 6 of 256-384 experts, and one CTA
@@ -67,7 +69,9 @@ How the work is laid out, and why:
   all of its row groups; row groups past the unit's tokens are skipped), staged
   as one 128-row h tile per placed tile (64 columns in training, 128 in decode), then quantized by
   the shared tile passes: warpgroup 0 rowwise, warpgroup 1 columnwise (per-expert 32-row blocks),
-  at the same time. Gap tiles still write their padding scale codes.
+  at the same time, the unit's tiles in a dynamic loop (one copy of the passes' code: with one
+  copy per tile the epilogue stalled on instruction fetch, session 17). Gap tiles still get their
+  padding scale codes.
 """
 
 from __future__ import annotations
