@@ -165,29 +165,31 @@ def test_interleave_round_trip_and_layout():
         interleave_gate_up(torch.zeros(40, 8), torch.zeros(40, 8))
 
 
-def _placed_unit_model(offs, num_experts, unit, num_tiles):
-    """``placement.placed_unit(..., unit_tiles=2, with_gap=True)`` on the host: (expert, first
-    token, rows, first placed tile, its placed tiles, the expert's gap tile or -1, empty)."""
-    e = max(i for i in range(num_experts) if offs[i] // 256 + i <= unit)
+def _placed_unit_model(offs, num_experts, unit, num_tiles, unit_tiles):
+    """``placement.placed_unit(..., unit_tiles, with_gap=True)`` on the host: (expert, first token,
+    rows, first placed tile, its placed tiles, the expert's gap tile or -1, empty)."""
+    unit_tokens = 128 * unit_tiles
+    e = max(i for i in range(num_experts) if offs[i] // unit_tokens + i <= unit)
     tok0, tok1 = offs[e], offs[e + 1]
-    first_local = 2 * (unit - (tok0 // 256 + e))
+    first_local = unit_tiles * (unit - (tok0 // unit_tokens + e))
     tile0 = tok0 // 128 + e + first_local
     row0 = tok0 + 128 * first_local
-    rows = max(min(tok1 - row0, 256), 0)
+    rows = max(min(tok1 - row0, unit_tokens), 0)
     end = min(tok1 // 128 + e + 1, num_tiles)
     gap = tok0 // 128 + e + -(-(tok1 - tok0) // 128)
-    return e, row0, rows, tile0, min(end - tile0, 2), gap if gap < end else -1, tok1 == tok0
+    return e, row0, rows, tile0, min(end - tile0, unit_tiles), gap if gap < end else -1, tok1 == tok0
 
 
 @pytest.mark.parametrize("num_experts", [1, 5, 32, 128, 300])
 def test_training_grid_writes_each_placed_tile_once(num_experts):
-    """The swapped kernels' training grid (256-token units, ``grid_rows``): each placed tile's h
-    scale codes are written by exactly one unit, the rule of the FC1 epilogue (session 17). A unit
-    with tokens writes its placed tiles, and its expert's gap tile when that opens the next unit. A
-    unit without tokens writes only if its expert is empty. Tiles with tokens are written by the
-    unit that holds those tokens."""
-    from cute_moe.kernels.sm90.mx_grouped_gemm import grid_rows
+    """The swapped kernels' training grid (``grid_rows``, units of TRAIN_GEOMETRY's placed tiles):
+    each placed tile's h scale codes are written by exactly one unit, the rule of the FC1 epilogue
+    (session 17). A unit with tokens writes its placed tiles, and its expert's gap tile when that
+    opens the next unit. A unit without tokens writes only if its expert is empty. A tile with
+    tokens is written by the unit that holds them, at its place in the grouped layout."""
+    from cute_moe.kernels.sm90.mx_grouped_gemm import TRAIN_GEOMETRY, grid_rows
 
+    unit_tiles = TRAIN_GEOMETRY[0]
     gen = torch.Generator().manual_seed(num_experts)
     for trial in range(8):
         sizes = torch.randint(0, 600, (num_experts,), generator=gen)
@@ -200,15 +202,19 @@ def test_training_grid_writes_each_placed_tile_once(num_experts):
             sizes[0] = 1
         offs = [0] + torch.cumsum(sizes, 0).tolist()
         total, num_tiles = offs[-1], grouped_tiles(offs[-1], num_experts)
+        # where the grouped layout puts each expert's token tiles
+        token_tiles = {grouped_tile_start(offs[e], e) + j: (e, offs[e] + 128 * j)
+                       for e in range(num_experts) for j in range(-(-int(sizes[e]) // 128))}
         written = []
         for unit in range(grid_rows(total, num_experts, 0)):
-            e, row0, rows, tile0, tiles, gap, empty = _placed_unit_model(offs, num_experts, unit, num_tiles)
+            e, row0, rows, tile0, tiles, gap, empty = _placed_unit_model(offs, num_experts, unit, num_tiles,
+                                                                         unit_tiles)
             if rows > 0 or empty:
-                for half in range(max(tiles, 0)):
-                    t = tile0 + half
-                    written.append(t)
-                    if rows - 128 * half > 0:  # the tile's tokens are this unit's
-                        assert t == grouped_tile_start(offs[e], e) + (row0 + 128 * half - offs[e]) // 128
-            if rows > 0 and gap == tile0 + 2:
+                for t in range(max(tiles, 0)):
+                    written.append(tile0 + t)
+                    if rows - 128 * t > 0:  # a tile holding this unit's tokens
+                        assert token_tiles[tile0 + t] == (e, row0 + 128 * t)
+            if rows > 0 and gap == tile0 + unit_tiles:
                 written.append(gap)
         assert sorted(written) == list(range(num_tiles))
+        assert set(token_tiles) <= set(written)

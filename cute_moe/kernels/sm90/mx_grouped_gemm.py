@@ -21,8 +21,8 @@ How the work is laid out, and why:
   - narrow decode: the same by 128 features, twice the CTAs, when the decode CTAs would leave a
     short last round on the SMs (pro B=1: 144 CTAs on 132 SMs, see DECODE_NARROW_GEOMETRY).
   The grid is known on the host without reading ``offsets``: training, (N / features, ceil(T /
-  unit) + E - 1), one CTA per placed unit, gap units included (an empty expert's writes its
-  padding scale codes; another expert's gap tile gets them from the unit before it, so its gap
+  unit) + E - 1), one CTA per placed unit, gap units included (an empty expert's gap unit writes
+  its padding scale codes; another expert's gap tile gets them from the unit before it, so its gap
   unit's CTA only looks up its expert);
   decode, one CTA per (N tile, *filled* tile slot), ceil(T / 128) + min(E, T) - 1 slots found by a
   warp scan over ``offsets`` (:func:`filled_tile`), then FC1's gap-code CTAs, one per 32 experts
@@ -301,6 +301,7 @@ class MXGroupedGemmSm90Kernel:
             unit_tiles = cutlass.select_(rows > 0, Int32(1), Int32(0))
         else:
             n_tile, unit = banded_tile()
+            # (gap, empty: FC1's gap-tile codes; unused, and compiled away, elsewhere)
             e, row0, rows, tile0, unit_tiles, gap, empty = placed_unit(offsets, num_experts, unit, tidx % 32,
                                                                        num_tiles, self.unit_tiles, True)
         storage = cutlass.memory.SmemAllocator().allocate(self.shared_storage)
@@ -340,29 +341,41 @@ class MXGroupedGemmSm90Kernel:
                 self.swiglu_epilogue(probs, h, out_stage, h_stage, row0, rows, n_tile, tidx)
         if cutlass.const_expr(self.swiglu):
             # one 128-row h tile per placed tile of the unit (gap tiles: padding scale codes only)
-            # a dynamic loop, not one copy per tile: the MXFP8 passes are most of the kernel's code,
-            # and with two copies the epilogue stalled on instruction fetch (ncu, session 17: 44% of
-            # the passes' warp samples on qwen3 FC1 were "no instruction")
-            tiles_written = unit_tiles
-            if cutlass.const_expr(not self.filled_only and self.gap_codes):
-                # a gap tile that opens a unit of its own is written by the unit before it (the
-                # expert's last tokens): that unit's CTA then only looks up its expert and exits
-                # (probe, session 16: the gap units' codes cost ~6 us of qwen3's FC1); an empty
-                # expert has no unit before its gap tile
-                tiles_written = cutlass.select_((rows > 0) | empty, unit_tiles, Int32(0))
-                if rows > 0:
-                    if gap == tile0 + self.unit_tiles:
-                        self.quantize_h(h_stage, hq_row, hs_row, hq_col, hs_col, gap, n_tile, Int32(0), Int32(0),
-                                        num_tiles, tidx)
-            for half in cutlass.range(tiles_written, unroll=1):
-                self.quantize_h(h_stage + half * TILE_TOKENS * row_bytes(self.h_cols), hq_row, hs_row, hq_col,
-                                hs_col, tile0 + half, n_tile, row0 + half * TILE_TOKENS,
-                                cutlass.max(cutlass.min(rows - half * TILE_TOKENS, Int32(TILE_TOKENS)), Int32(0)),
-                                num_tiles, tidx)
+            if cutlass.const_expr(self.filled_only):
+                if unit_tiles > 0:  # decode: one placed tile per CTA
+                    self.quantize_unit_tile(h_stage, hq_row, hs_row, hq_col, hs_col, tile0, n_tile, row0, rows,
+                                            num_tiles, tidx, 0)
+            else:
+                tiles_written = unit_tiles
+                if cutlass.const_expr(self.gap_codes):
+                    # a gap tile that opens a unit of its own is written by the unit before it, which
+                    # holds the expert's last tokens: the gap unit's CTA then only looks up its expert
+                    # and exits (probe, session 16: the gap units' codes cost ~6 us of qwen3's FC1);
+                    # an empty expert has no unit with tokens of its own before its gap tile
+                    tiles_written = cutlass.select_((rows > 0) | empty, unit_tiles, Int32(0))
+                    if rows > 0:
+                        if gap == tile0 + self.unit_tiles:
+                            self.quantize_h(h_stage, hq_row, hs_row, hq_col, hs_col, gap, n_tile, Int32(0),
+                                            Int32(0), num_tiles, tidx)
+                # a dynamic loop, not one copy per tile: the MXFP8 passes are most of the kernel's
+                # code, and with two copies the epilogue stalled on instruction fetch (ncu, session
+                # 17: 44% of the passes' warp samples on qwen3 FC1 were "no instruction")
+                for t in cutlass.range(tiles_written, unroll=1):
+                    self.quantize_unit_tile(h_stage, hq_row, hs_row, hq_col, hs_col, tile0, n_tile, row0, rows,
+                                            num_tiles, tidx, t)
             if cutlass.const_expr(self.filled_only and self.gap_codes):
                 if gap_cta:
                     self.write_gap_tiles(offsets, num_experts, unit, n_tile, hq_row, hs_row, hq_col, hs_col,
                                          num_tiles, h_stage, tidx)
+
+    @cute.jit
+    def quantize_unit_tile(self, h_stage, hq_row, hs_row, hq_col, hs_col, tile0, n_tile, row0, rows, num_tiles,
+                           tidx, t):
+        """:meth:`quantize_h` of the unit's ``t``-th placed tile (its rows of the staged h)."""
+        self.quantize_h(h_stage + t * TILE_TOKENS * row_bytes(self.h_cols), hq_row, hs_row, hq_col, hs_col, tile0 + t,
+                        n_tile, row0 + t * TILE_TOKENS,
+                        cutlass.max(cutlass.min(rows - t * TILE_TOKENS, Int32(TILE_TOKENS)), Int32(0)), num_tiles,
+                        tidx)
 
     @cute.jit
     def write_gap_tiles(self, offsets, num_experts, group, n_tile, hq_row, hs_row, hq_col, hs_col, num_tiles,
