@@ -176,8 +176,8 @@ def _placed_unit_model(offs, num_experts, unit, num_tiles, unit_tiles):
     row0 = tok0 + 128 * first_local
     rows = max(min(tok1 - row0, unit_tokens), 0)
     end = min(tok1 // 128 + e + 1, num_tiles)
-    gap = tok0 // 128 + e + -(-(tok1 - tok0) // 128)
-    return e, row0, rows, tile0, min(end - tile0, unit_tiles), gap if gap < end else -1, tok1 == tok0
+    return (e, row0, rows, tile0, min(end - tile0, unit_tiles), _gap_tile_model(offs, num_experts, e, num_tiles),
+            tok1 == tok0)
 
 
 @pytest.mark.parametrize("num_experts", [1, 5, 32, 128, 300])

@@ -61,12 +61,25 @@ def placed_unit(offsets: cute.Pointer, num_experts: Int32, unit: Int32, lane: In
     tile0 = tok0 // TILE_TOKENS + e + first_local
     row0 = tok0 + TILE_TOKENS * first_local
     rows = cutlass.max(cutlass.min(tok1 - row0, Int32(unit_tokens)), Int32(0))
-    end = cutlass.min(tok1 // TILE_TOKENS + e + 1, num_tiles)
+    end = _tiles_end(e, tok1, num_tiles)
     tiles = cutlass.min(end - tile0, Int32(unit_tiles))
     if cutlass.const_expr(with_gap):
-        gap = tok0 // TILE_TOKENS + e + (tok1 - tok0 + TILE_TOKENS - 1) // TILE_TOKENS
+        gap = _tile_after_tokens(e, tok0, tok1)
         return e, row0, rows, tile0, tiles, cutlass.select_(gap < end, gap, Int32(-1)), tok1 == tok0
     return e, row0, rows, tile0, tiles
+
+
+@cute.jit
+def _tiles_end(e, tok1, num_tiles):
+    """One past expert ``e``'s last placed tile (its tokens end at ``tok1``), clipped to ``num_tiles``."""
+    return cutlass.min(tok1 // TILE_TOKENS + e + 1, num_tiles)
+
+
+@cute.jit
+def _tile_after_tokens(e, tok0, tok1):
+    """The placed tile after expert ``e``'s token tiles (tokens [tok0, tok1)): its gap tile when
+    below :func:`_tiles_end`."""
+    return tok0 // TILE_TOKENS + e + (tok1 - tok0 + TILE_TOKENS - 1) // TILE_TOKENS
 
 
 @cute.jit
@@ -129,6 +142,6 @@ def gap_tile(offsets: cute.Pointer, num_experts: Int32, e: Int32, num_tiles: Int
     ok = e < num_experts
     tok0 = ld_global_s32_pred(offsets.toint() + Int64(e) * 4, ok, 0)
     tok1 = ld_global_s32_pred(offsets.toint() + Int64(e) * 4 + 4, ok, 0)
-    gap = tok0 // TILE_TOKENS + e + (tok1 - tok0 + TILE_TOKENS - 1) // TILE_TOKENS
-    end = cutlass.min(tok1 // TILE_TOKENS + e + 1, num_tiles)
+    gap = _tile_after_tokens(e, tok0, tok1)
+    end = _tiles_end(e, tok1, num_tiles)
     return cutlass.select_(ok & (gap < end), gap, Int32(-1))
