@@ -9,6 +9,7 @@ from .dispatch import explain
 from .functional import grouped_linear, grouped_mlp
 from .modules import GroupedLinear, GroupedMLP
 from .quant import deinterleave_gate_up, interleave_gate_up, set_split_size_checks
+from .quant.weight_cache import clear_weight_cache, weight_cache_info
 from .recipe import MXFP8BlockScaling, autocast, get_recipe
 
 __all__ = [
@@ -23,5 +24,7 @@ __all__ = [
     "deinterleave_gate_up",
     "explain",
     "set_split_size_checks",
+    "clear_weight_cache",
+    "weight_cache_info",
 ]
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from ._cuda import capability
 from .recipe import MXFP8BlockScaling, get_recipe
 
 FUSED_SM90 = "fused_sm90"
@@ -51,7 +52,7 @@ def decide(
     dims = (k, n_out) if hidden is None else (k, 2 * hidden)
     if device.type != "cuda":
         return Decision(REFERENCE, f"{device.type} device: exact reference math in fp32" + (" with MXFP8 quantization" if mx else ""), mx)
-    cap = torch.cuda.get_device_capability(device)
+    cap = capability(device)
     if not mx:
         if dtype == torch.bfloat16 and cap[0] >= 9 and _grouped_mm_ok(dims):
             return Decision(BF16, "no FP8 recipe active: bf16 torch._grouped_mm", False)

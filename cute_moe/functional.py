@@ -26,6 +26,8 @@ from . import dispatch
 from .quant import quantize
 from .quant.api import check_split_sizes_arg, exclusive_offsets, quantize_checked, split_size_checks_enabled
 from .quant.mxfp8 import MXFP8Tensor, dequantize_device
+from .quant.weight_cache import cached_weight
+from .recipe import get_recipe
 
 
 def mx_grouped_gemm_sm90(*args, **kwargs):
@@ -95,8 +97,12 @@ class _RefOps:
 class _CudaOps:
     dtype = torch.float32
 
-    def __init__(self, mx: bool):
-        self.mx = mx
+    def __init__(self, mx: bool, cache: bool = False):
+        self.mx, self.cache = mx, cache
+
+    def _cached(self, w, kind, make):
+        """``make()``, or the weight cache's copy of it (forward weight operands, ``cache`` on)."""
+        return cached_weight(w, kind, make) if self.cache else make()
 
     def grouping(self, split_sizes, tokens):
         """(sizes, offsets [E+1]) once per call; torch._grouped_mm takes the end offsets[1:]."""
@@ -130,7 +136,8 @@ class _CudaOps:
                 offsets = exclusive_offsets(sizes)
             _, col = quantize_checked(w16.reshape(e * n, k).contiguous(), False, True, sizes, offsets)
             return dequantize_device(col, torch.bfloat16).view(e, n, k)
-        return dequantize_device(self._weight_row_mx(w16), torch.bfloat16).view(e, n, k)
+        return self._cached(w, "row_bf16",
+                            lambda: dequantize_device(self._weight_row_mx(w), torch.bfloat16).view(e, n, k))
 
     @staticmethod
     def _weight_row_mx(w, row_dequant=False):
@@ -169,8 +176,8 @@ class _FusedSm90Ops(_CudaOps):
     # 1024 (dsv3) and 4096 (mixtral) dense, weight pass included
     DENSE_MIN_TOKENS_PER_EXPERT = 512
 
-    def __init__(self):
-        super().__init__(mx=True)
+    def __init__(self, cache: bool = False):
+        super().__init__(mx=True, cache=cache)
 
     def _weight_mx(self, w):
         """Q_row(W) as (e4m3 [E, N, K], plain scales [E, N, K/32])."""
@@ -187,8 +194,9 @@ class _FusedSm90Ops(_CudaOps):
         """kwargs for the GEMM's weight operand: MXFP8 (b_q, b_s), or b_dequant when dense."""
         e, n, k = w.shape
         if self.dense_weights(tokens, e):
-            return dict(b_q=None, b_s=None, b_dequant=self._weight_row_mx(w, row_dequant=True).view(e, n, k))
-        wq, ws = self._weight_mx(w)
+            b_dequant = self._cached(w, "row_dequant_kperm", lambda: self._weight_row_mx(w, row_dequant=True).view(e, n, k))
+            return dict(b_q=None, b_s=None, b_dequant=b_dequant)
+        wq, ws = self._cached(w, "row_mx", lambda: self._weight_mx(w))
         return dict(b_q=wq, b_s=ws)
 
     def quant_fc1_input(self, x, sizes, want_col):
@@ -210,15 +218,25 @@ class _FusedSm90Ops(_CudaOps):
         return mx_grouped_gemm_sm90(None, None, offsets=sizes[1], a_dequant=h_deq, **self._weights(w2, h_deq.shape[0]))
 
 
-def _ops_for(decision: dispatch.Decision, act_dtype: torch.dtype):
+def _ops_for(decision: dispatch.Decision, act_dtype: torch.dtype, weights=()):
     if decision.path == dispatch.FUSED_SM90:
-        return _FusedSm90Ops()
+        return _FusedSm90Ops(_cache_weights(weights))
     if decision.path in (dispatch.BF16, dispatch.MXFP8_UNFUSED):
-        return _CudaOps(decision.mxfp8)
+        return _CudaOps(decision.mxfp8, decision.mxfp8 and _cache_weights(weights))
     if decision.path == dispatch.REFERENCE:
         # fp32 math; stored activations (z, h, dz) rounded to the input dtype like a kernel would
         return _RefOps(decision.mxfp8, torch.float32, act_dtype)
     raise NotImplementedError(f"path {decision.path} has no implementation in this build")
+
+
+def _cache_weights(weights) -> bool:
+    """The recipe's ``cache_weights``; by default, whether this call records no gradient for the weights."""
+    recipe = get_recipe()
+    if recipe is None:
+        return False
+    if recipe.cache_weights is not None:
+        return recipe.cache_weights
+    return not (torch.is_grad_enabled() and any(w.requires_grad for w in weights))
 
 
 # --- SwiGLU with gate/up interleaved in 32-wide blocks (REFERENCE §3) -----------------------------
@@ -252,12 +270,36 @@ def dswiglu(dh, z, probs=None):
 
 # --- autograd functions --------------------------------------------------------------------------
 
+def _linear_forward(ops, x, weight, sizes, want_x_col):
+    """(y, MXFP8 columnwise x or None): the forward of the autograd function and of no-grad calls."""
+    x_row, x_col = ops.quant(x, sizes, row=True, col=want_x_col)
+    return ops.gmm(ops.deq(x_row), ops.weight(weight), sizes), x_col
+
+
+def _mlp_forward(ops, x, w1, w2, probs, sizes, want_x_col, want_h_col):
+    """(y, z, columnwise x or None, columnwise h or None): the forward of the autograd function and
+    of no-grad calls (which want no columnwise copies: those are for the weight gradients)."""
+    if getattr(ops, "fused_forward", False):
+        x_deq, x_col = ops.quant_fc1_input(x, sizes, want_x_col)
+        z, h_deq, h_col = ops.fc1_swiglu(x_deq, w1, probs, sizes, want_h_col)
+        return ops.fc2(h_deq, w2, sizes), z, x_col, h_col
+    x_row, x_col = ops.quant(x, sizes, row=True, col=want_x_col)
+    z = ops.round_act(ops.gmm(ops.deq(x_row), ops.weight(w1), sizes).to(ops.dtype))
+    h = ops.round_act(swiglu(z.to(ops.dtype), probs))  # SwiGLU in fp32 from the stored z
+    h_row, h_col = ops.quant(h, sizes, row=True, col=want_h_col)
+    return ops.gmm(ops.deq(h_row), ops.weight(w2), sizes), z, x_col, h_col
+
+
+def _records_grad(*tensors) -> bool:
+    """Whether autograd records this call (else it runs without the autograd function's bookkeeping)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 class _GroupedLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, split_sizes, ops):
         sizes = ops.grouping(split_sizes, x.shape[0])
-        x_row, x_col = ops.quant(x, sizes, row=True, col=weight.requires_grad)
-        y = ops.gmm(ops.deq(x_row), ops.weight(weight), sizes)
+        y, x_col = _linear_forward(ops, x, weight, sizes, weight.requires_grad)
         ctx.ops, ctx.sizes, ctx.x_col = ops, sizes, x_col
         ctx.save_for_backward(weight)
         ctx.x_dtype = x.dtype
@@ -280,16 +322,7 @@ class _GroupedMLPFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, w2, probs, split_sizes, ops):
         sizes = ops.grouping(split_sizes, x.shape[0])
-        if getattr(ops, "fused_forward", False):
-            x_deq, x_col = ops.quant_fc1_input(x, sizes, w1.requires_grad)
-            z, h_deq, h_col = ops.fc1_swiglu(x_deq, w1, probs, sizes, w2.requires_grad)
-            y = ops.fc2(h_deq, w2, sizes)
-        else:
-            x_row, x_col = ops.quant(x, sizes, row=True, col=w1.requires_grad)
-            z = ops.round_act(ops.gmm(ops.deq(x_row), ops.weight(w1), sizes).to(ops.dtype))
-            h = ops.round_act(swiglu(z.to(ops.dtype), probs))  # SwiGLU in fp32 from the stored z
-            h_row, h_col = ops.quant(h, sizes, row=True, col=w2.requires_grad)
-            y = ops.gmm(ops.deq(h_row), ops.weight(w2), sizes)
+        y, z, x_col, h_col = _mlp_forward(ops, x, w1, w2, probs, sizes, w1.requires_grad, w2.requires_grad)
         ctx.ops, ctx.sizes, ctx.x_col, ctx.h_col, ctx.x_dtype = ops, sizes, x_col, h_col, x.dtype
         ctx.save_for_backward(w1, w2, probs, z)  # z as stored: bf16 on CUDA, rounded like bf16 on the reference path
         return y.to(x.dtype)
@@ -348,7 +381,10 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, split_sizes: torch.Ten
     split_sizes = check_split_sizes_arg(split_sizes, x.shape[0], x.device, weight.shape[0])
     _check_finite(x=x, weight=weight)
     decision = dispatch.decide(x.device, x.dtype, x.shape[1], weight.shape[1])
-    return _GroupedLinearFn.apply(x, weight, split_sizes, _ops_for(decision, x.dtype))
+    ops = _ops_for(decision, x.dtype, (weight,))
+    if not _records_grad(x, weight):
+        return _linear_forward(ops, x, weight, ops.grouping(split_sizes, x.shape[0]), False)[0].to(x.dtype)
+    return _GroupedLinearFn.apply(x, weight, split_sizes, ops)
 
 
 def grouped_mlp(
@@ -378,7 +414,10 @@ def grouped_mlp(
     split_sizes = check_split_sizes_arg(split_sizes, x.shape[0], x.device, e)
     _check_finite(x=x, w1=w1, w2=w2, probs=probs)
     decision = dispatch.decide(x.device, x.dtype, k, k, hidden=h2 // 2)
-    return _GroupedMLPFn.apply(x, w1, w2, probs, split_sizes, _ops_for(decision, x.dtype))
+    ops = _ops_for(decision, x.dtype, (w1, w2))
+    if not _records_grad(x, w1, w2, probs):  # inference, decode: no autograd bookkeeping, no columnwise copies
+        return _mlp_forward(ops, x, w1, w2, probs, ops.grouping(split_sizes, x.shape[0]), False, False)[0].to(x.dtype)
+    return _GroupedMLPFn.apply(x, w1, w2, probs, split_sizes, ops)
 
 
 def last_decision(x: torch.Tensor, w1: torch.Tensor, w2: Optional[torch.Tensor] = None) -> dispatch.Decision:

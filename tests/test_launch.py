@@ -69,14 +69,28 @@ def test_launch_writes_values_into_reused_slots(monkeypatch):
     argument list, holding that call's values."""
     from cute_moe.kernels.compile import launch
 
+    import types
+
+    from cute_moe.kernels import compile as c
+
     make, signature = KERNELS["quantize"]
     kern = make()
-    calls = []
-    monkeypatch.setattr(kern, "run_compiled_program", calls.append)
+    # this thread's launch entries, fresh: a GPU test may already have bound this kernel for real
+    monkeypatch.setattr(c._launch_tls, "entries", {}, raising=False)
+    calls, packs = [], []
+
+    def pack(exe_args):  # the executor's packing: an array of the argument addresses
+        packs.append(1)
+        return [ctypes.cast(p, ctypes.c_void_p).value if not isinstance(p, int) else p for p in exe_args]
+
+    # binding the executor needs a GPU (it loads the module): a stand-in with the same entry points
+    executor = types.SimpleNamespace(_get_invoke_packed_args_func=pack, _has_cuda_result=False,
+                                     capi_func=lambda packed: calls.append((packed, list(packed))))
+    monkeypatch.setattr(kern, "to", lambda device=None: executor)
     for base in (16, 4096):
         values = [base * (i + 1) for i in range(6)] + [7, -8, 9, 10] + [base + 1]
         launch(kern, signature, *values)
-        assert [_read(p, c) for p, c in zip(calls[-1], signature)] == values
-    assert calls[0] is calls[1]
+        assert [_read(p, c) for p, c in zip(calls[-1][1], signature)] == values
+    assert len(packs) == 1 and calls[0][0] is calls[1][0]  # packed once, one array for every launch
     with pytest.raises(TypeError, match="values for signature"):
         launch(kern, signature, 1, 2)

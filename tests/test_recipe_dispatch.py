@@ -62,6 +62,7 @@ def test_autocast_under_torch_compile_matches_eager():
 
 def _fake_cuda(monkeypatch, cap):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: cap)
+    monkeypatch.setattr(dispatch, "capability", lambda device: cap)  # (dispatch caches the driver's answer)
 
 
 def test_dispatch_cpu():

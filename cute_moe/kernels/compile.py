@@ -31,6 +31,8 @@ import torch
 from cutlass.base_dsl.compiler import DumpDir
 from cutlass.cute.runtime import make_ptr
 
+from .._cuda import capability, device_index, stream_handle  # noqa: F401 (re-exported for the kernels)
+
 # gmem_ptr / stream_arg build the placeholder arguments a kernel is compiled on; launches go
 # through launch() with raw values.
 _cache: dict = {}
@@ -42,7 +44,7 @@ _source_hash: list = []
 def target_arch(device=None) -> str:
     """``sm_90a`` / ``sm_100a`` for the given CUDA device, else ``$CUTE_DSL_ARCH``."""
     if device is not None and torch.device(device).type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
+        major, minor = capability(device)
         return f"sm_{major}{minor}a"
     env = os.environ.get("CUTE_DSL_ARCH")
     if env:
@@ -51,13 +53,6 @@ def target_arch(device=None) -> str:
         major, minor = torch.cuda.get_device_capability()
         return f"sm_{major}{minor}a"
     raise RuntimeError("no CUDA device and CUTE_DSL_ARCH is unset: set CUTE_DSL_ARCH=sm_90a (or sm_100a) to compile")
-
-
-def device_index(dev) -> int:
-    """The CUDA device index of ``dev`` ("cuda" alone: the current device), a key for per-device
-    caches of what the driver reports."""
-    index = torch.device(dev).index
-    return torch.cuda.current_device() if index is None else index
 
 
 def gmem_ptr(dtype, tensor=None):
@@ -118,13 +113,39 @@ def launch(compiled, signature: str, *values) -> None:
     entry = entries.get(compiled)  # keyed by the object (identity): each kernel has one signature
     if entry is None:
         slots = [_ArgSlot(_SLOT_TYPES[c]) for c in signature]
-        entry = entries[compiled] = (slots, compiled.generate_execution_args(*slots)[0])
-    slots, exe_args = entry
+        exe_args = compiled.generate_execution_args(*slots)[0]
+        entry = entries[compiled] = (slots, exe_args, _direct_launcher(compiled, exe_args))
+    slots, exe_args, direct = entry
     if len(values) != len(slots):
         raise TypeError(f"launch: {len(slots)} values for signature {signature!r}, got {len(values)}")
     for slot, v in zip(slots, values):
         slot.value.value = v
-    compiled.run_compiled_program(exe_args)
+    if direct is None:
+        compiled.run_compiled_program(exe_args)
+    else:
+        direct()
+
+
+def _direct_launcher(compiled, exe_args):
+    """A call of the compiled launcher's C entry on an argument array packed once (the executor is
+    bound on the first launch, which loads the kernel's module, like ``run_compiled_program``). The array holds
+    the slots' addresses, which never change, so ``run_compiled_program`` re-packing it on every
+    launch (a ctypes conversion per argument) is skipped. None when this DSL build's executor lacks
+    the attributes it reads (then :func:`launch` goes through ``run_compiled_program``)."""
+    try:
+        executor = compiled.to(None)  # the device-bound executor run_compiled_program would use
+        packed = executor._get_invoke_packed_args_func(exe_args)
+        capi, result = executor.capi_func, (executor.cuda_result if executor._has_cuda_result else None)
+    except AttributeError:
+        return None
+    packed = (ctypes.c_void_p * len(packed))(*packed)  # a copy: the executor reuses its buffer per thread
+
+    def call():
+        capi(packed)
+        if result is not None and result.value != 0:
+            raise RuntimeError(f"cute_moe: kernel launch failed with CUDA error {result.value}")
+
+    return call
 
 
 def cache_dir():
@@ -145,6 +166,22 @@ def clear_memory_cache() -> None:
     """Forget the in-process kernels (tests: the next call loads from disk or compiles)."""
     with _lock:
         _cache.clear()
+        _front_door.clear()
+
+
+_front_door: dict = {}
+
+
+def front_door_kernel(key: tuple, get: Callable[[], Any]):
+    """A front door's kernel by its raw per-call key (arguments as the front door has them), else
+    ``get()`` (which normalizes them and goes through :func:`compile_kernel`): a decode step pays
+    one dictionary lookup per launch, not the normalization and the lock."""
+    hit = _front_door.get(key)
+    if hit is None:
+        hit = _front_door[key] = get()
+    else:
+        _stats["memory_hits"] += 1
+    return hit
 
 
 def _kernels_source_hash() -> str:

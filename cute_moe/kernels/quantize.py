@@ -32,7 +32,7 @@ from ..quant.layout import grouped_tiles
 from .common.ptx import cp_async_16
 from .common.quantize_tile import ROW_BYTES, TILE_BYTES, TILE_COLS, quantize_tile_colwise, quantize_tile_rowwise
 from .common.placement import TILE_TOKENS, placed_tile
-from .compile import addr, check_aligned, compile_kernel, gmem_ptr, launch, stream_arg, target_arch
+from .compile import addr, check_aligned, compile_kernel, gmem_ptr, launch, stream_arg, stream_handle, target_arch
 
 STAGE_BYTES = TILE_BYTES
 STAGES = 2
@@ -223,6 +223,6 @@ def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=F
         # x, q_row, s_row, q_col, s_col, offsets, tokens, experts, tiles, ctas, stream
         launch(kern, "pppppp" + "iiii" + "s", addr(x), addr(q_row), addr(s_row), addr(q_col), addr(s_col),
                addr(offsets), tokens, num_experts, tiles, min(tiles * -(-cols // TILE_COLS), max_ctas),
-               torch.cuda.current_stream(dev).cuda_stream)
+               stream_handle(dev))
     f8 = lambda t: None if t is None else t.view(torch.float8_e4m3fn)  # noqa: E731
     return (q_row if row_dequant else f8(q_row)), s_row, f8(q_col), s_col

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from .._cuda import capability
 from .layout import check_split_sizes, check_split_sizes_form
 from .mxfp8 import MXFP8Tensor, quantize
 
@@ -33,9 +34,7 @@ def check_split_sizes_arg(split_sizes, total: int, device: torch.device, num_exp
 
 def exclusive_offsets(split_sizes: torch.Tensor) -> torch.Tensor:
     """int32 [E+1]: 0, s0, s0+s1, ... computed on the split sizes' device (no sync)."""
-    off = torch.zeros(split_sizes.numel() + 1, dtype=torch.int32, device=split_sizes.device)
-    off[1:] = torch.cumsum(split_sizes, 0, dtype=torch.int32)
-    return off
+    return torch.nn.functional.pad(torch.cumsum(split_sizes, 0, dtype=torch.int32), (1, 0))  # two ops: per-call cost
 
 
 def quantize_mxfp8(
@@ -67,7 +66,7 @@ def quantize_mxfp8(
         if x.shape[1] % 32 or (swizzled and x.shape[1] % 128):
             need = 128 if swizzled else 32
             raise ValueError(f"x.shape[1] must be a multiple of {need} for the CUDA quantize kernel, got {x.shape[1]}")
-        if torch.cuda.get_device_capability(x.device)[0] < 9:
+        if capability(x.device)[0] < 9:
             raise RuntimeError("the CUDA quantize kernel needs compute capability >= 9.0; use cute_moe.quant.quantize on this device")
         from ..kernels.common.placement import MAX_EXPERTS
 

@@ -32,7 +32,7 @@ from cutlass import BFloat16, Int32, Int64
 
 from ...quant.layout import grouped_tiles
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS
-from ..compile import addr, check_aligned, compile_kernel, gmem_ptr, launch, stream_arg, target_arch
+from ..compile import addr, check_aligned, compile_kernel, gmem_ptr, launch, stream_arg, stream_handle, target_arch
 from .parts import (grouped_tma_atoms, make_tiled_mma_bf16, mma_partitions, placed_cta, stage_acc_bf16,
                     start_ab_pipeline, wgmma_ss_mainloop)
 
@@ -178,5 +178,5 @@ def grouped_gemm_sm90(a, b, offsets, _poison=None):
         raise ValueError(f"{tokens} tokens over {num_experts} experts need {tiles} M tiles, more than 65535")
     kern = compiled_grouped_gemm_kernel(n, k, target_arch(a.device))
     launch(kern, "pppp" + "iii" + "s", addr(a), addr(b), addr(y), addr(offsets), tokens, num_experts, tiles,
-           torch.cuda.current_stream(a.device).cuda_stream)
+           stream_handle(a.device))
     return y

@@ -92,7 +92,8 @@ from ..common.activation import swiglu_bf16x2
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS, filled_tile, gap_tile, placed_unit
 from ..common.ptx import e4m3_to_bf16_scaled, ld_global_u8, ld_global_u32, ld_shared, st_global, st_shared
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise, row_bytes
-from ..compile import addr, check_aligned, compile_kernel, device_index, gmem_ptr, launch, stream_arg, target_arch
+from ..compile import (addr, check_aligned, compile_kernel, device_index, front_door_kernel, gmem_ptr, launch,
+                       stream_arg, stream_handle, target_arch)
 from .parts import (banded_head_tail, banded_tile, bf16_view, grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16,
                     release_and_refill, stage_acc_bf16, start_ab_pipeline, token_tma_atom)
 
@@ -883,7 +884,8 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
                              f"({TILE_TOKENS * GEOMETRIES[decode][0]}-token units), more than 65535")
         flags = (swiglu, probs is not None, h_bf16, h_row, h_col, swizzled, a_dequant is not None, h_dequant,
                  b_dequant is not None, decode)
-        kern = compiled_mx_grouped_gemm_kernel(n, k, flags, target_arch(dev))
+        kern = front_door_kernel(("mx", n, k, flags, dev), lambda: compiled_mx_grouped_gemm_kernel(n, k, flags,
+                                                                                                 target_arch(dev)))
         ctas = 0
         if b_dequant is not None:
             from .dense_grouped_gemm import dense_grid
@@ -892,7 +894,7 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         launch(kern, "p" * 12 + "iiii" + "s", addr(a_q if a_dequant is None else a_dequant), addr(a_s),
                addr(b_q if b_dequant is None else b_dequant), addr(b_s), addr(offsets), addr(out), addr(probs),
                addr(h), addr(hq_row), addr(hs_row), addr(hq_col), addr(hs_col), tokens, num_experts, tiles, ctas,
-               torch.cuda.current_stream(dev).cuda_stream)
+               stream_handle(dev))
     if not swiglu:
         return out
     f8 = lambda t: None if t is None else t.view(torch.float8_e4m3fn)  # noqa: E731
