@@ -4,8 +4,9 @@
 
 Per decode shape (top-6 routing of B tokens, as bench_fused) and per call: the torch bf16 anchors
 (FC1 ``_grouped_mm`` + SwiGLU, FC2 ``_grouped_mm``, the MLP forward), the SM90 kernels' front door
-as the fused forward calls it (FC1, FC2), and ``grouped_mlp``'s forward under
-``autocast(MXFP8BlockScaling())`` in ``no_grad`` (weights from the weight cache; also without it).
+as bench_fused calls them (FC1 with the columnwise h a training forward writes, FC2), and
+``grouped_mlp``'s forward in ``no_grad`` under ``autocast(MXFP8BlockScaling(cache_weights=True))``
+(weights from the weight cache; also without it), value checks off.
 Columns, us: ``cpu`` = wall time of 20 calls issued without a sync / 20 (median of 15), ``gpu`` =
 a CUDA graph of 10 calls replayed / 10 (``do_bench``), ``eager`` = ``do_bench`` of the plain call
 (what an eager loop gets: the larger of the two, roughly). ``--profile``: cProfile of 300 calls of
@@ -103,7 +104,7 @@ def main():
                 v = torch_fc1_swiglu(x, w1t, off[1:], h).reshape(t, h) * p[:, None].bfloat16()
                 return torch._grouped_mm(v, w2t, offs=off[1:])
 
-            def ours_mlp(cache=None):
+            def ours_mlp(cache=True):
                 recipe = cute_moe.MXFP8BlockScaling(cache_weights=cache)
                 with torch.no_grad(), cute_moe.autocast(recipe=recipe):
                     return cute_moe.grouped_mlp(x, w1, w2, sizes, p)

@@ -218,25 +218,21 @@ class _FusedSm90Ops(_CudaOps):
         return mx_grouped_gemm_sm90(None, None, offsets=sizes[1], a_dequant=h_deq, **self._weights(w2, h_deq.shape[0]))
 
 
-def _ops_for(decision: dispatch.Decision, act_dtype: torch.dtype, weights=()):
+def _ops_for(decision: dispatch.Decision, act_dtype: torch.dtype):
     if decision.path == dispatch.FUSED_SM90:
-        return _FusedSm90Ops(_cache_weights(weights))
+        return _FusedSm90Ops(_cache_weights())
     if decision.path in (dispatch.BF16, dispatch.MXFP8_UNFUSED):
-        return _CudaOps(decision.mxfp8, decision.mxfp8 and _cache_weights(weights))
+        return _CudaOps(decision.mxfp8, decision.mxfp8 and _cache_weights())
     if decision.path == dispatch.REFERENCE:
         # fp32 math; stored activations (z, h, dz) rounded to the input dtype like a kernel would
         return _RefOps(decision.mxfp8, torch.float32, act_dtype)
     raise NotImplementedError(f"path {decision.path} has no implementation in this build")
 
 
-def _cache_weights(weights) -> bool:
-    """The recipe's ``cache_weights``; by default, whether this call records no gradient for the weights."""
+def _cache_weights() -> bool:
+    """Whether the recipe in force keeps quantized weights between calls (``cache_weights``)."""
     recipe = get_recipe()
-    if recipe is None:
-        return False
-    if recipe.cache_weights is not None:
-        return recipe.cache_weights
-    return not (torch.is_grad_enabled() and any(w.requires_grad for w in weights))
+    return recipe is not None and recipe.cache_weights
 
 
 # --- SwiGLU with gate/up interleaved in 32-wide blocks (REFERENCE §3) -----------------------------
@@ -359,12 +355,17 @@ def _check_tensor(t, name, dims, device=None):
         raise ValueError(f"{name} must be contiguous")
 
 
-def _check_finite(**tensors):
-    # a device reduction and one sync per tensor: part of the optional value checks
+def _check_finite(weights=(), **tensors):
+    """A device reduction and one sync per tensor: part of the optional value checks. ``weights``
+    ((name, tensor) pairs): checked once per weight version when the recipe caches weights."""
     if not split_size_checks_enabled():
         return
-    for name, t in tensors.items():
-        if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
+    memo = _cache_weights()
+    for is_weight, (name, t) in [(False, nt) for nt in tensors.items()] + [(True, nt) for nt in weights]:
+        if t is None or not t.numel():
+            continue
+        finite = lambda t=t: bool(torch.isfinite(t).all())  # noqa: E731
+        if not (cached_weight(t, "finite", finite) if memo and is_weight else finite()):
             raise ValueError(f"{name} contains NaN or Inf")
 
 
@@ -379,9 +380,9 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, split_sizes: torch.Ten
     if weight.shape[2] != x.shape[1]:
         raise ValueError(f"weight must be [E, N, K={x.shape[1]}] to match x [T, K], got {tuple(weight.shape)}")
     split_sizes = check_split_sizes_arg(split_sizes, x.shape[0], x.device, weight.shape[0])
-    _check_finite(x=x, weight=weight)
+    _check_finite(weights=(("weight", weight),), x=x)
     decision = dispatch.decide(x.device, x.dtype, x.shape[1], weight.shape[1])
-    ops = _ops_for(decision, x.dtype, (weight,))
+    ops = _ops_for(decision, x.dtype)
     if not _records_grad(x, weight):
         return _linear_forward(ops, x, weight, ops.grouping(split_sizes, x.shape[0]), False)[0].to(x.dtype)
     return _GroupedLinearFn.apply(x, weight, split_sizes, ops)
@@ -412,9 +413,9 @@ def grouped_mlp(
         if probs.shape[0] != x.shape[0]:
             raise ValueError(f"probs must be [T={x.shape[0]}], got {tuple(probs.shape)}")
     split_sizes = check_split_sizes_arg(split_sizes, x.shape[0], x.device, e)
-    _check_finite(x=x, w1=w1, w2=w2, probs=probs)
+    _check_finite(weights=(("w1", w1), ("w2", w2)), x=x, probs=probs)
     decision = dispatch.decide(x.device, x.dtype, k, k, hidden=h2 // 2)
-    ops = _ops_for(decision, x.dtype, (w1, w2))
+    ops = _ops_for(decision, x.dtype)
     if not _records_grad(x, w1, w2, probs):  # inference, decode: no autograd bookkeeping, no columnwise copies
         return _mlp_forward(ops, x, w1, w2, probs, ops.grouping(split_sizes, x.shape[0]), False, False)[0].to(x.dtype)
     return _GroupedMLPFn.apply(x, w1, w2, probs, split_sizes, ops)

@@ -20,20 +20,21 @@ class MXFP8BlockScaling:
     """OCP MXFP8 (REFERENCE §1): E4M3 data, E8M0 scales, one scale per 32 elements, RCEIL.
 
     ``fused=False`` keeps eligible calls on the unfused MXFP8 path (same numerics; for A/B checks).
-    ``cache_weights``: keep each weight's quantized form between calls while the weight is unchanged
-    (:mod:`cute_moe.quant.weight_cache`). None (default): only in calls that record no gradient for
-    the weights (inference, decode); True: in training too (gradient accumulation); False: never."""
+    ``cache_weights=True``: keep each weight's quantized forms between calls while the weight is
+    unchanged (decode, inference, gradient accumulation); writes the version counter does not see
+    (``w.data``, collectives, FSDP all-gathers) need :func:`cute_moe.clear_weight_cache` after them
+    (:mod:`cute_moe.quant.weight_cache`)."""
 
     data_format: str = "e4m3"
     scale_format: str = "e8m0"
     block_size: int = 32
     scale_rule: str = "rceil"
     fused: bool = True
-    cache_weights: Optional[bool] = None
+    cache_weights: bool = False
 
     def __post_init__(self):
-        if self.cache_weights not in (None, True, False):
-            raise TypeError(f"cache_weights must be None, True or False, got {self.cache_weights!r}")
+        if not isinstance(self.cache_weights, bool):
+            raise TypeError(f"cache_weights must be True or False, got {self.cache_weights!r}")
         if (self.data_format, self.scale_format, self.block_size, self.scale_rule) != ("e4m3", "e8m0", 32, "rceil"):
             raise ValueError(
                 "MXFP8BlockScaling supports data_format='e4m3', scale_format='e8m0', block_size=32, scale_rule='rceil' "

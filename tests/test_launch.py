@@ -5,6 +5,7 @@ read back and compared."""
 
 import ctypes
 import random
+import types
 
 import cuda.bindings.driver as cuda
 import cutlass.cute as cute
@@ -12,7 +13,7 @@ import pytest
 from cutlass import Int32, Uint8
 from cutlass.cute.runtime import make_ptr
 
-from cute_moe.kernels.compile import _SLOT_TYPES, _ArgSlot, check_aligned
+from cute_moe.kernels.compile import _SLOT_TYPES, _ArgSlot, check_aligned, launch
 from cute_moe.kernels.quantize import compiled_quantize_kernel
 from cute_moe.kernels.sm90.grouped_gemm import compiled_grouped_gemm_kernel
 from cute_moe.kernels.sm90.mx_grouped_gemm import compiled_mx_grouped_gemm_kernel
@@ -65,11 +66,10 @@ def test_check_aligned_names_the_tensor():
 
 
 def test_launch_writes_values_into_reused_slots(monkeypatch):
-    """``launch`` itself, up to the compiled launcher: each call hands over the same marshalled
-    argument list, holding that call's values."""
-    from cute_moe.kernels.compile import launch
-
-    import types
+    """``launch`` itself, down to the launcher's C entry: the DSL's own executor packs the argument
+    addresses once; every launch hands the same array, holding that call's values, and a CUDA error
+    the launcher reports is raised."""
+    from cutlass.base_dsl.jit_executor import JitExecutor
 
     from cute_moe.kernels import compile as c
 
@@ -77,20 +77,20 @@ def test_launch_writes_values_into_reused_slots(monkeypatch):
     kern = make()
     # this thread's launch entries, fresh: a GPU test may already have bound this kernel for real
     monkeypatch.setattr(c._launch_tls, "entries", {}, raising=False)
-    calls, packs = [], []
+    calls, error = [], [0]
 
-    def pack(exe_args):  # the executor's packing: an array of the argument addresses
-        packs.append(1)
-        return [ctypes.cast(p, ctypes.c_void_p).value if not isinstance(p, int) else p for p in exe_args]
+    def capi(packed):  # stands in for the compiled launcher (binding the real one needs a GPU)
+        calls.append((packed, list(packed)))
+        ctypes.c_int32.from_address(packed[len(signature)]).value = error[0]  # the executor's result slot
 
-    # binding the executor needs a GPU (it loads the module): a stand-in with the same entry points
-    executor = types.SimpleNamespace(_get_invoke_packed_args_func=pack, _has_cuda_result=False,
-                                     capi_func=lambda packed: calls.append((packed, list(packed))))
+    capi.restype = ctypes.c_int32
+    executor = JitExecutor(types.SimpleNamespace(capi_func=capi), None, False)
     monkeypatch.setattr(kern, "to", lambda device=None: executor)
     for base in (16, 4096):
         values = [base * (i + 1) for i in range(6)] + [7, -8, 9, 10] + [base + 1]
         launch(kern, signature, *values)
         assert [_read(p, c) for p, c in zip(calls[-1][1], signature)] == values
-    assert len(packs) == 1 and calls[0][0] is calls[1][0]  # packed once, one array for every launch
-    with pytest.raises(TypeError, match="values for signature"):
-        launch(kern, signature, 1, 2)
+    assert calls[0][0] is calls[1][0] and len(calls[0][1]) == len(signature) + 1  # one array, + result slot
+    error[0] = 700
+    with pytest.raises(RuntimeError, match="CUDA error 700"):
+        launch(kern, signature, *values)

@@ -103,10 +103,11 @@ def launch(compiled, signature: str, *values) -> None:
     Calling the compiled function with DSL objects (a ``make_ptr`` Pointer per address, ``Int32``,
     ``CUstream``) builds and marshals them in Python on every launch; with the placeholder
     arguments that were built on every cache hit too, a front-door call took 143-231 us of CPU on
-    the H200 host, more than a decode-size GEMM takes on the GPU (47-91 us with this, session 13).
-    Here each thread marshals a set of argument slots once per kernel (through the DSL's own
-    ``generate_execution_args``) and a launch only writes the values into them: the compiled
-    launcher reads the same bytes (tests/test_launch.py compares them)."""
+    the H200 host, more than a decode-size GEMM takes on the GPU. Here each thread marshals a set of
+    argument slots once per kernel (through the DSL's own ``generate_execution_args``), packs their
+    addresses once (:func:`_direct_launcher`), and a launch only writes the values into them: the
+    compiled launcher reads the same bytes (tests/test_launch.py compares them). Session 18 (H200,
+    ``bench/bench_host.py``): 23-58 us of CPU per GEMM front-door call, all of it included."""
     entries = getattr(_launch_tls, "entries", None)
     if entries is None:
         entries = _launch_tls.entries = {}
@@ -136,7 +137,9 @@ def _direct_launcher(compiled, exe_args):
         executor = compiled.to(None)  # the device-bound executor run_compiled_program would use
         packed = executor._get_invoke_packed_args_func(exe_args)
         capi, result = executor.capi_func, (executor.cuda_result if executor._has_cuda_result else None)
-    except AttributeError:
+    except AttributeError as exc:  # a DSL version that renamed them
+        warnings.warn(f"cute_moe: this DSL build's executor lacks {exc.name!r}; kernels launch through "
+                      "run_compiled_program (slower per call)", stacklevel=3)
         return None
     packed = (ctypes.c_void_p * len(packed))(*packed)  # a copy: the executor reuses its buffer per thread
 
@@ -145,6 +148,7 @@ def _direct_launcher(compiled, exe_args):
         if result is not None and result.value != 0:
             raise RuntimeError(f"cute_moe: kernel launch failed with CUDA error {result.value}")
 
+    call.executor = executor  # kept alive with the launcher: ``packed`` points into what it owns
     return call
 
 

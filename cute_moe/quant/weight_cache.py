@@ -1,19 +1,20 @@
-"""Quantized weights kept between calls while the weight is unchanged.
+"""Quantized weights kept between calls while the weight is unchanged (opt-in:
+``MXFP8BlockScaling(cache_weights=True)``).
 
 A forward under the MXFP8 recipe quantizes its weight operands (all experts) before the GEMMs. In
 decode that pass costs far more than the GEMM, which touches a few experts: flash's W1 is 8.6 GB of
-bf16 against ~0.1 GB of touched MXFP8 weights per step. So each weight keeps its latest quantized
-form here, reused while the weight tensor is the same object with the same version counter (every
-in-place op on it, optimizer steps included, bumps that), the same storage, shape and dtype. Streams follow
-PyTorch's rules: a call on another stream than the one that filled the entry must be ordered after
-it by the caller. A CUDA graph captured after a warm-up call reads the cached copies (the capture
-holds their addresses: re-capture after updating the weights).
+bf16 against ~0.1 GB of touched MXFP8 weights per step. With the cache, each weight keeps its
+quantized forms (one per ``kind``) here, reused while the weight tensor is the same object with the
+same version counter, storage, shape and dtype.
 
-Which calls use it is the recipe's ``cache_weights``: by default (None) calls that record no
-gradient for the weights (inference, decode), where the cached copy is all the memory they cost;
-True also in training (gradient accumulation: micro-batches of one step share the quantization,
-and the copy stays allocated between steps); False never. In-place writes through ``w.data``
-bypass the version counter: call :func:`clear_weight_cache` after those.
+Opt-in because the version counter does not see every write: in-place ops on the tensor (optimizer
+steps, ``copy_``, ``load_state_dict``) bump it, but writes through ``w.data``, collectives
+(``dist.broadcast`` / ``all_reduce`` of a weight) and FSDP's all-gather into the same storage do
+not. After such writes call :func:`clear_weight_cache`, or the next call computes with the old
+weights. Streams follow PyTorch's rules (a call on another stream than the one that filled an
+entry must be ordered after it by the caller). CUDA graphs: capture after a warm-up call, so that
+the graph reads the cached copies (a miss during capture computes but stores nothing); replacing or
+clearing an entry frees copies a captured graph still reads, so re-capture after either.
 """
 
 from __future__ import annotations
@@ -26,44 +27,46 @@ import torch
 
 from .mxfp8 import MXFP8Tensor
 
-_entries: dict = {}  # id(weight) -> (weakref to the weight, stamp, value)
+_entries: dict = {}  # (id(weight), kind) -> (weakref to the weight, stamp, value)
 _lock = threading.Lock()
 _stats = {"hits": 0, "misses": 0}
 
 
-def _stamp(w: torch.Tensor, kind: str):
+def _stamp(w: torch.Tensor):
     """What the cached value depends on; None when ``w`` has no version counter (an inference tensor)."""
     try:
         version = w._version
     except RuntimeError:
         return None
-    return kind, version, w.data_ptr(), tuple(w.shape), w.dtype
+    return version, w.data_ptr(), tuple(w.shape), w.dtype
 
 
 def _forget(ref, key):
-    # the weight died: drop its entry (unless the id already belongs to a newer weight's entry)
-    with _lock:
-        entry = _entries.get(key)
-        if entry is not None and entry[0] is ref:
-            del _entries[key]
+    # the weight died: drop its entry unless the key already holds a newer weight's (no lock: this
+    # runs from the garbage collector, possibly inside a locked section of this thread)
+    entry = _entries.get(key)
+    if entry is not None and entry[0] is ref:
+        _entries.pop(key, None)
 
 
 def cached_weight(w: torch.Tensor, kind: str, make: Callable[[], object]):
-    """``make()``'s result for weight ``w`` in form ``kind``, from the cache while ``w`` is unchanged.
-    One entry per weight: a new ``kind`` replaces the previous form."""
-    stamp = _stamp(w, kind)
+    """``make()``'s result for weight ``w`` in form ``kind``, from the cache while ``w`` is unchanged."""
+    stamp = _stamp(w)
     if stamp is None:
         return make()
-    key = id(w)
+    key = (id(w), kind)
     with _lock:
         entry = _entries.get(key)
         if entry is not None and entry[0]() is w and entry[1] == stamp:
             _stats["hits"] += 1
             return entry[2]
     value = make()
+    if w.is_cuda and torch.cuda.is_current_stream_capturing():
+        return value  # recorded, not computed: nothing valid to keep for eager calls
+    ref = weakref.ref(w, lambda r, key=key: _forget(r, key))
     with _lock:
         _stats["misses"] += 1
-        _entries[key] = (weakref.ref(w, lambda ref, key=key: _forget(ref, key)), stamp, value)
+        _entries[key] = (ref, stamp, value)
     return value
 
 

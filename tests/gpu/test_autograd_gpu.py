@@ -126,12 +126,17 @@ def test_explain_on_gpu():
         assert msg.startswith(dispatch.MXFP8_UNFUSED) and "not in this build" in msg
 
 
+CACHED = cute_moe.MXFP8BlockScaling(cache_weights=True)
+
+
 @pytest.mark.parametrize("path,recipe,tokens_per_expert", [
-    ("fused swapped", None, 3), ("fused dense", None, 900), ("unfused", UNFUSED, 3)])
-def test_weight_cache_inference(path, recipe, tokens_per_expert):
-    """Inference reuses each weight's quantized form while the weight is unchanged: the second call
-    quantizes nothing and gives the same bytes; an in-place update (an optimizer step) invalidates
-    it, so the next call matches a call without the cache; training calls cache nothing."""
+    ("fused swapped", CACHED, 3), ("fused dense", CACHED, 900),
+    ("unfused", cute_moe.MXFP8BlockScaling(fused=False, cache_weights=True), 3)])
+def test_weight_cache(path, recipe, tokens_per_expert):
+    """With ``cache_weights=True`` the second call quantizes no weight (nor scans it for the value
+    checks) and gives the same bytes; an in-place update (an optimizer step) invalidates the
+    entries, so the next call matches a call without the cache; a training forward reads the same
+    entries and gives the same bytes; the default recipe caches nothing."""
     if path.startswith("fused") and not SM90:
         pytest.skip("the fused forward kernels are SM90")
     from cute_moe.quant.weight_cache import clear_weight_cache, weight_cache_info
@@ -144,8 +149,7 @@ def test_weight_cache_inference(path, recipe, tokens_per_expert):
     w1 = (torch.randn(e, 2 * h, k, device="cuda", generator=gen) / k**0.5).bfloat16().requires_grad_()
     w2 = (torch.randn(e, k, h, device="cuda", generator=gen) / h**0.5).bfloat16().requires_grad_()
     p = torch.rand(x.shape[0], device="cuda", generator=gen)
-    recipe = recipe or cute_moe.MXFP8BlockScaling()
-    no_cache = cute_moe.MXFP8BlockScaling(fused=recipe.fused, cache_weights=False)
+    no_cache = cute_moe.MXFP8BlockScaling(fused=recipe.fused)
 
     def forward(r):
         with torch.no_grad(), autocast(recipe=r):
@@ -154,21 +158,22 @@ def test_weight_cache_inference(path, recipe, tokens_per_expert):
     with autocast(recipe=recipe):
         want_path = dispatch.MXFP8_UNFUSED if path == "unfused" else dispatch.FUSED_SM90
         assert last_decision(x, w1, w2).path == want_path
+    plain = forward(no_cache)
+    assert weight_cache_info()["entries"] == 0
     before = weight_cache_info()
     first, second = forward(recipe), forward(recipe)
     info = weight_cache_info()
-    assert (info["misses"] - before["misses"], info["hits"] - before["hits"], info["entries"]) == (2, 2, 2)
-    assert torch.equal(first, second) and torch.equal(first, forward(no_cache))
+    # per weight: its quantized form and (value checks on) its finiteness
+    assert (info["misses"] - before["misses"], info["hits"] - before["hits"], info["entries"]) == (4, 4, 4)
+    assert torch.equal(first, second) and torch.equal(first, plain)
     with torch.no_grad():
         w1.mul_(0.5)  # in place: bumps the version counter
     updated = forward(recipe)
-    assert weight_cache_info()["misses"] - info["misses"] == 1
+    assert weight_cache_info()["misses"] - info["misses"] == 2
     assert torch.equal(updated, forward(no_cache)) and not torch.equal(updated, first)
-    # training (gradients for the weights): nothing read from or added to the cache
-    clear_weight_cache()
+    hits = weight_cache_info()["hits"]
     with autocast(recipe=recipe):
-        y_train = grouped_mlp(x, w1, w2, sizes, p)
+        y_train = grouped_mlp(x, w1, w2, sizes, p)  # the autograd function (columnwise copies too)
     y_train.sum().backward()
-    assert weight_cache_info()["entries"] == 0
-    # the autograd function's forward (columnwise copies for backward too) gives the no-grad call's bytes
+    assert weight_cache_info()["hits"] - hits == 4
     assert y_train.grad_fn is not None and torch.equal(y_train.detach(), updated)
