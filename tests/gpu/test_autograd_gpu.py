@@ -177,3 +177,18 @@ def test_weight_cache(path, recipe, tokens_per_expert):
     y_train.sum().backward()
     assert weight_cache_info()["hits"] - hits == 4
     assert y_train.grad_fn is not None and torch.equal(y_train.detach(), updated)
+
+
+@pytest.mark.parametrize("recipe", [None, cute_moe.MXFP8BlockScaling(), CACHED])
+def test_grouped_linear_no_grad_matches_autograd_forward(recipe):
+    """A call autograd records nothing for runs the forward directly (no autograd function, no
+    columnwise x): the same bytes as the recorded call's output."""
+    sizes = torch.tensor([0, 1, 40, 33, 70], device="cuda")
+    x = torch.randn(144, 256, device="cuda").bfloat16()
+    w = torch.randn(5, 128, 256, device="cuda").bfloat16().requires_grad_()
+    with autocast(enabled=recipe is not None, recipe=recipe):
+        recorded = grouped_linear(x, w, sizes)
+        with torch.no_grad():
+            direct = grouped_linear(x, w, sizes)
+    assert recorded.grad_fn is not None and direct.grad_fn is None
+    assert torch.equal(recorded.detach(), direct)
