@@ -116,3 +116,27 @@ def test_finite_check_once_per_weight_version_when_cached():
 
 def test_public_names():
     assert cute_moe.clear_weight_cache is clear_weight_cache and cute_moe.weight_cache_info is weight_cache_info
+
+
+def test_threads_share_entries_without_deadlock():
+    """Threads looking up, filling and dropping entries concurrently (weights dying mid-way run the
+    weakref callback, possibly while another thread holds the lock) all get correct values."""
+    import threading
+
+    keep = [torch.randn(2, 16, 8) for _ in range(4)]
+    errors = []
+
+    def work(seed):
+        gen = torch.Generator().manual_seed(seed)
+        for i in range(200):
+            w = keep[i % 4] if i % 3 else torch.randn(2, 16, 8, generator=gen)  # some die right away
+            got = cached_weight(w, "row_mx", lambda w=w: w * 2)
+            if not torch.equal(got, w * 2):
+                errors.append((seed, i))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads) and not errors
