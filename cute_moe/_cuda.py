@@ -3,7 +3,8 @@
 A decode step's GEMMs take 20-130 us on the GPU, and every microsecond of Python in front of them
 shows when a loop calls them eagerly (bench/bench_host.py: one torch op costs ~25 us of CPU on the
 H200 host). ``torch.cuda.current_stream(dev)`` builds a Stream object and
-``get_device_capability`` a properties query per call; these answer from a cache or a raw handle.
+``get_device_capability`` / ``get_device_properties`` a driver query per call; these answer from a
+cache or a raw handle.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ def _capability(index: int) -> tuple[int, int]:
 def capability(dev) -> tuple[int, int]:
     """(major, minor) compute capability of CUDA device ``dev``, asked of the driver once per device."""
     return _capability(device_index(dev))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(dev) -> int:
+    """Streaming multiprocessors of CUDA device ``dev``, asked of the driver once per device."""
+    return _sm_count(device_index(dev))
 
 
 def stream_handle(dev) -> int:

@@ -361,11 +361,11 @@ def _check_finite(weights=(), **tensors):
     if not split_size_checks_enabled():
         return
     memo = _cache_weights()
-    for is_weight, (name, t) in [(False, nt) for nt in tensors.items()] + [(True, nt) for nt in weights]:
+    for name, t, once_per_version in [(*nt, False) for nt in tensors.items()] + [(*nt, memo) for nt in weights]:
         if t is None or not t.numel():
             continue
         finite = lambda t=t: bool(torch.isfinite(t).all())  # noqa: E731
-        if not (cached_weight(t, "finite", finite) if memo and is_weight else finite()):
+        if not (cached_weight(t, "finite", finite) if once_per_version else finite()):
             raise ValueError(f"{name} contains NaN or Inf")
 
 

@@ -32,7 +32,8 @@ from ..quant.layout import grouped_tiles
 from .common.ptx import cp_async_16
 from .common.quantize_tile import ROW_BYTES, TILE_BYTES, TILE_COLS, quantize_tile_colwise, quantize_tile_rowwise
 from .common.placement import TILE_TOKENS, placed_tile
-from .compile import addr, check_aligned, compile_kernel, gmem_ptr, launch, stream_arg, stream_handle, target_arch
+from .compile import (addr, check_aligned, compile_kernel, front_door_kernel, gmem_ptr, launch, sm_count, stream_arg,
+                      stream_handle, target_arch)
 
 STAGE_BYTES = TILE_BYTES
 STAGES = 2
@@ -168,20 +169,13 @@ def compiled_quantize_kernel(cols, rowwise, colwise, grouped, swizzled, arch, ke
                           lambda: _placeholder_args(row_dequant), arch, keep_ptx)
 
 
-_launchers: dict = {}
-
-
 def _launcher(cols, rowwise, colwise, grouped, swizzled, dev, row_dequant=False):
-    """(compiled kernel, resident CTA limit) per config and device: the per-call host path is a
-    dict lookup, not an arch query."""
-    key = (cols, rowwise, colwise, grouped, swizzled, dev.index, row_dequant)
-    hit = _launchers.get(key)
-    if hit is None:
-        props = torch.cuda.get_device_properties(dev)
-        kern = compiled_quantize_kernel(cols, rowwise, colwise, grouped, swizzled, target_arch(dev),
-                                        row_dequant=row_dequant)
-        hit = _launchers[key] = (kern, CTAS_PER_SM * props.multi_processor_count)
-    return hit
+    """(compiled kernel, resident CTA limit) per config and device: the per-call host path is one
+    dict lookup (:func:`front_door_kernel`), not an arch query."""
+    return front_door_kernel(
+        ("quantize", cols, rowwise, colwise, grouped, swizzled, dev, row_dequant),
+        lambda: (compiled_quantize_kernel(cols, rowwise, colwise, grouped, swizzled, target_arch(dev),
+                                          row_dequant=row_dequant), CTAS_PER_SM * sm_count(dev)))
 
 
 def quantize_mxfp8_cuda(x, rowwise=True, colwise=False, offsets=None, swizzled=False, row_dequant=False,

@@ -25,8 +25,6 @@ from typing import Callable
 
 import torch
 
-from .mxfp8 import MXFP8Tensor
-
 _entries: dict = {}  # (id(weight), kind) -> (weakref to the weight, stamp, value)
 _lock = threading.Lock()
 _stats = {"hits": 0, "misses": 0}
@@ -90,5 +88,3 @@ def _tensors(value):
     elif isinstance(value, (tuple, list)):
         for v in value:
             yield from _tensors(v)
-    elif isinstance(value, MXFP8Tensor):
-        yield from _tensors((value.data, value._scale, value._scale_swizzled))

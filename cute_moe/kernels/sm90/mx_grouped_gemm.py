@@ -76,8 +76,6 @@ How the work is laid out, and why:
 
 from __future__ import annotations
 
-import functools
-
 import cuda.bindings.driver as cuda
 import cutlass
 import cutlass.cute as cute
@@ -92,8 +90,8 @@ from ..common.activation import swiglu_bf16x2
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS, filled_tile, gap_tile, placed_unit
 from ..common.ptx import e4m3_to_bf16_scaled, ld_global_u8, ld_global_u32, ld_shared, st_global, st_shared
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise, row_bytes
-from ..compile import (addr, check_aligned, compile_kernel, device_index, front_door_kernel, gmem_ptr, launch,
-                       stream_arg, stream_handle, target_arch)
+from ..compile import (addr, check_aligned, compile_kernel, front_door_kernel, gmem_ptr, launch, sm_count, stream_arg,
+                       stream_handle, target_arch)
 from .parts import (banded_head_tail, banded_tile, bf16_view, grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16,
                     release_and_refill, stage_acc_bf16, start_ab_pipeline, token_tma_atom)
 
@@ -142,7 +140,7 @@ def filled_slots(tokens, num_experts):
 def swapped_geometry(dev, n: int, tokens: int, num_experts: int) -> int:
     """The swapped kernels' geometry (index into GEOMETRIES) for this launch on device ``dev``:
     :func:`pick_geometry` with the GPU's SM count."""
-    return pick_geometry(_sm_count(device_index(dev)), n, tokens, num_experts)
+    return pick_geometry(sm_count(dev), n, tokens, num_experts)
 
 
 def pick_geometry(sms: int, n: int, tokens: int, num_experts: int) -> int:
@@ -154,11 +152,6 @@ def pick_geometry(sms: int, n: int, tokens: int, num_experts: int) -> int:
     ctas = n // DECODE_GEOMETRY[1] * filled_slots(tokens, num_experts)
     rounds, narrow_rounds = -(-ctas // sms), -(-(2 * ctas) // sms)
     return 2 if narrow_rounds * NARROW_ROUND_COST < rounds else 1
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def grid_rows(tokens, num_experts, geometry: int, gap_codes: bool = True):
