@@ -9,7 +9,7 @@ Each ``DIR`` holds another copy of the ``cute_moe`` package (e.g. ``git archive 
 others) and the torch bf16 anchor once each (``do_bench``, 100 ms), in an order that alternates by
 round; the table gives the medians and each B / A. Cases: qwen3 training FC1 as the forward runs it under four
 routings (``bench_routing``) and FC2 under uniform routing; the decode steps' FC1 / FC2
-(``bench_fused``'s top-6 routing).
+(``bench_fused``'s top-6 routing); the dense kernel on the training shapes (``mixtral_like_dense``, ..).
 """
 
 import argparse
@@ -23,11 +23,11 @@ import tempfile
 import torch
 from triton.testing import do_bench
 
-from bench_fused import decode_sizes, mx_rows, torch_fc1_swiglu  # bench/ is on sys.path as a script
+from bench_fused import decode_sizes, dense_weights, mx_rows, torch_fc1_swiglu  # bench/ is on sys.path as a script
 from bench_routing import routings
 from cute_moe.kernels.quantize import quantize_mxfp8_cuda
 from cute_moe.quant.api import exclusive_offsets
-from shapes import DECODE, SHAPES
+from shapes import DECODE, SHAPES, split_sizes
 
 
 def load_other(path, i):
@@ -39,20 +39,25 @@ def load_other(path, i):
 
 
 def problem(case):
-    """(sizes, K, H, fc) of a case name: ``qwen3_<routing>[_fc2]`` or ``<pro|flash>_b<B>[_fc2]``."""
+    """(sizes, K, H, fc, dense) of a case name: ``qwen3_<routing>[_fc2]``, ``<pro|flash>_b<B>[_fc2]``,
+    or ``<training shape>_dense[_fc2]`` (the dense kernel: weights as their exact bf16 too)."""
     fc = 2 if case.endswith("_fc2") else 1
     name = case.removesuffix("_fc2")
+    if name.endswith("_dense"):
+        shape = name.removesuffix("_dense")
+        e, tpe, k, h = SHAPES[shape]
+        return split_sizes(shape, e, tpe), k, h, fc, True
     if name.startswith("qwen3_"):
         _, _, k, h = SHAPES["qwen3_30b"]
-        return routings()[name.removeprefix("qwen3_")], k, h, fc
+        return routings()[name.removeprefix("qwen3_")], k, h, fc, False
     shape, batch = name.split("_b")
     e, k, h = DECODE[shape]
-    return decode_sizes(e, int(batch), torch.Generator().manual_seed(0)), k, h, fc
+    return decode_sizes(e, int(batch), torch.Generator().manual_seed(0)), k, h, fc, False
 
 
 def calls(case, kernels):
     """The torch anchor and, per kernel version, the call as the fused forward makes it."""
-    sizes, k, h, fc = problem(case)
+    sizes, k, h, fc, dense = problem(case)
     e, t = sizes.numel(), int(sizes.sum())
     off = exclusive_offsets(sizes.to(torch.int32).cuda())
     torch.manual_seed(0)
@@ -61,19 +66,21 @@ def calls(case, kernels):
         p = torch.rand(t, device="cuda")
         xd = quantize_mxfp8_cuda(x, row_dequant=True)[0]
         w = torch.randn(e, 2 * h, k, device="cuda", dtype=torch.bfloat16) / k**0.5
-        wq, ws = mx_rows(w)
+        wq, ws = (None, None) if dense else mx_rows(w)
+        wd = dense_weights(w) if dense else None
         wt = w.transpose(1, 2)
         anchor = lambda: torch_fc1_swiglu(x, wt, off[1:], h)  # noqa: E731
         ours = [lambda f=f: f(None, None, wq, ws, off, swiglu=True, probs=p, h_dequant=True, h_col=True,
-                              a_dequant=xd) for f in kernels]
+                              a_dequant=xd, b_dequant=wd) for f in kernels]
     else:
         hb = torch.randn(t, h, device="cuda", dtype=torch.bfloat16)
         hd = quantize_mxfp8_cuda(hb, row_dequant=True)[0]
         w = torch.randn(e, k, h, device="cuda", dtype=torch.bfloat16) / h**0.5
-        wq, ws = mx_rows(w)
+        wq, ws = (None, None) if dense else mx_rows(w)
+        wd = dense_weights(w) if dense else None
         wt = w.transpose(1, 2)
         anchor = lambda: torch._grouped_mm(hb, wt, offs=off[1:])  # noqa: E731
-        ours = [lambda f=f: f(None, None, wq, ws, off, a_dequant=hd) for f in kernels]
+        ours = [lambda f=f: f(None, None, wq, ws, off, a_dequant=hd, b_dequant=wd) for f in kernels]
     return anchor, ours
 
 

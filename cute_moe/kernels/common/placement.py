@@ -70,6 +70,66 @@ def placed_unit(offsets: cute.Pointer, num_experts: Int32, unit: Int32, lane: In
 
 
 @cute.jit
+def _lane_unit_counts(offsets: cute.Pointer, num_experts: Int32, lane: Int32, units: Int32,
+                      unit_tokens: cutlass.Constexpr, key: Int32):
+    """Over lane ``lane``'s experts [l q, (l+1) q), q = ceil(E / 32), of the placement of
+    ``unit_tokens``-token units (``units`` of them): how many units hold tokens, how many do not
+    (gap units, an empty expert's unit), and the placed unit that is the ``key``-th of the lane's
+    units holding tokens, and of its others (0 when the lane has fewer). One runtime loop of two
+    loads per expert: compact code, q is 1 for up to 32 experts."""
+    base = offsets.toint()
+    per = (num_experts + 31) // 32
+    n_real = Int32(0)
+    n_other = Int32(0)
+    found_real = Int32(0)
+    found_other = Int32(0)
+    for i in cutlass.range(per, unroll=1):
+        e = lane * per + i
+        ok = e < num_experts
+        tok0 = ld_global_s32_pred(base + Int64(e) * 4, ok, 0)
+        tok1 = ld_global_s32_pred(base + Int64(e) * 4 + 4, ok, 0)
+        first = tok0 // unit_tokens + e
+        holding = cutlass.select_(ok, (tok1 - tok0 + unit_tokens - 1) // unit_tokens, Int32(0))
+        rest = cutlass.select_(ok, cutlass.min(tok1 // unit_tokens + e + 1, units) - first - holding, Int32(0))
+        found_real = cutlass.select_((n_real <= key) & (key < n_real + holding), first + key - n_real, found_real)
+        found_other = cutlass.select_((n_other <= key) & (key < n_other + rest), first + holding + key - n_other,
+                                      found_other)
+        n_real = n_real + holding
+        n_other = n_other + rest
+    return n_real, n_other, found_real, found_other
+
+
+@cute.jit
+def units_holding_tokens(offsets: cute.Pointer, num_experts: Int32, lane: Int32, units: Int32,
+                         unit_tokens: cutlass.Constexpr) -> Int32:
+    """How many of the placement's ``units`` units of ``unit_tokens`` tokens hold tokens (warp sum;
+    call with the whole warp)."""
+    n_real, _, _, _ = _lane_unit_counts(offsets, num_experts, lane, units, unit_tokens, Int32(0))
+    for d in cutlass.range_constexpr(5):
+        n_real = n_real + cute.arch.shuffle_sync_bfly(n_real, 1 << d)
+    return n_real
+
+
+@cute.jit
+def unit_in_token_order(offsets: cute.Pointer, num_experts: Int32, slot: Int32, lane: Int32, units: Int32,
+                        holding: Int32, unit_tokens: cutlass.Constexpr) -> Int32:
+    """The placed unit at position ``slot`` of the order "every unit holding tokens first, in
+    placement order, then the others" (``holding``: :func:`units_holding_tokens`). A persistent grid
+    striding over placement order meets the gap units unevenly, so its CTAs drift apart by whole
+    units and stop sharing operands in L2; in this order every CTA gets the same number of units
+    with tokens. A warp scan over the lanes' counts, like :func:`filled_tile`. Warp-uniform."""
+    real = slot < holding
+    key = cutlass.select_(real, slot, slot - holding)
+    n_real, n_other, _, _ = _lane_unit_counts(offsets, num_experts, lane, units, unit_tokens, Int32(0))
+    count = cutlass.select_(real, n_real, n_other)
+    incl = _warp_inclusive_sum(count, lane)
+    owner = Int32(cute.arch.popc(cute.arch.vote_ballot_sync(incl - count <= key))) - 1
+    _, _, found_real, found_other = _lane_unit_counts(offsets, num_experts, lane, units, unit_tokens,
+                                                      key - (incl - count))
+    return cute.arch.shuffle_sync(cutlass.select_(real, found_real, found_other), owner)
+
+
+@cute.jit
 def _tiles_end(e, tok1, num_tiles):
     """One past expert ``e``'s last placed tile (its tokens end at ``tok1``), clipped to ``num_tiles``."""
     return cutlass.min(tok1 // TILE_TOKENS + e + 1, num_tiles)
@@ -80,6 +140,15 @@ def _tile_after_tokens(e, tok0, tok1):
     """The placed tile after expert ``e``'s token tiles (tokens [tok0, tok1)): its gap tile when
     below :func:`_tiles_end`."""
     return tok0 // TILE_TOKENS + e + (tok1 - tok0 + TILE_TOKENS - 1) // TILE_TOKENS
+
+
+@cute.jit
+def _warp_inclusive_sum(v: Int32, lane: Int32) -> Int32:
+    """Lane l's sum of ``v`` over lanes 0..l (Hillis-Steele, five shuffles)."""
+    for d in cutlass.range_constexpr(5):
+        up = cute.arch.shuffle_sync_up(v, 1 << d)
+        v = v + cutlass.select_(lane >= (1 << d), up, Int32(0))
+    return v
 
 
 @cute.jit
@@ -106,10 +175,7 @@ def filled_tile(offsets: cute.Pointer, num_experts: Int32, slot: Int32, lane: In
                             (offs[i + 1] - offs[i] + TILE_TOKENS - 1) // TILE_TOKENS, Int32(0))
         counts.append(n)
         count = count + n
-    incl = count
-    for d in cutlass.range_constexpr(5):
-        up = cute.arch.shuffle_sync_up(incl, 1 << d)
-        incl = incl + cutlass.select_(lane >= (1 << d), up, Int32(0))
+    incl = _warp_inclusive_sum(count, lane)
     total = cute.arch.shuffle_sync(incl, 31)
     local = slot - (incl - count)
     owner = Int32(cute.arch.popc(cute.arch.vote_ballot_sync(incl - count <= slot))) - 1

@@ -29,7 +29,7 @@ import torch
 from cutlass import BFloat16, Float32, Int32, Int64, Uint8
 
 from ..common.activation import swiglu_bf16x2
-from ..common.placement import TILE_TOKENS, placed_unit
+from ..common.placement import TILE_TOKENS, placed_unit, unit_in_token_order, units_holding_tokens
 from ..common.ptx import f32_to_bf16x2, ld_global_v4_pred, quad_transpose, st_global, st_shared
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_BYTES as H_TILE_BYTES
@@ -112,8 +112,12 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         waits on L2: 32 KB read per k-tile per CTA instead of 48). Units follow the grouped
         placement of 256-token pairs (expert e's start at ``offsets[e] // 256 + e``), so a pair never
         straddles two experts and covers every placed 128-token tile, gap tiles included, exactly
-        once; clusters walk them in launch order (``banded_coords``) with a stride of the cluster
-        count. When only the first tile of a unit holds tokens, the peer still loads its half of the
+        once; clusters walk them in launch order with a stride of the cluster count: first the units
+        that hold tokens (``unit_in_token_order``), banded (``banded_coords``), then the others
+        (gap units, empty experts), so that every cluster gets the same number of units with tokens.
+        (In placement order the gap units fell unevenly on the clusters: per-unit timestamps,
+        bench/RESULTS.md session 19, showed dsv3's clusters drifting up to three units apart, which
+        spreads the units in flight over more operand tiles than L2 holds.) When only the first tile of a unit holds tokens, the peer still loads its half of the
         weight tile (and a token tile it does not use) and its consumers release the stages unread:
         every CTA's ring sees the same stages, and every consumer warp releases each of them in both
         CTAs. (Clusters of 4, session 11, read 24 KB per k-tile, but only 30 fit on the H200's 132
@@ -142,7 +146,8 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         # every role walks the same units: this cluster's first, the stride, the end; what dense_unit
         # needs besides the unit
         u_first, u_step, u_end = bx // DENSE_CLUSTER, grid // DENSE_CLUSTER, units * n_tiles
-        where = (offsets, num_experts, num_tiles, n_tiles, units, rank, lane)
+        holding = units_holding_tokens(offsets, num_experts, lane, units, group)
+        where = (offsets, num_experts, num_tiles, n_tiles, units, holding, rank, lane)
         if warp >= THREADS // 32:
             cute.arch.setmaxregister_decrease(producer_regs)
             if warp == THREADS // 32:
@@ -210,8 +215,13 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         unit's first tile's rows (0: nothing to compute, no CTA of the cluster loads), the placed
         128-token tile, whether that tile exists (gap tiles do; a slot past the expert's placed
         tiles does not)). Warp-uniform."""
-        offsets, num_experts, num_tiles, n_tiles, units, rank, lane = where
-        n_tile, unit_idx = banded_coords(u, n_tiles, units, DENSE_RASTER_BAND)
+        offsets, num_experts, num_tiles, n_tiles, units, holding, rank, lane = where
+        # the units holding tokens first (banded), then the rest, N tile fastest
+        with_tokens = holding * n_tiles
+        n_tile, slot = banded_coords(u, n_tiles, cutlass.max(holding, 1), DENSE_RASTER_BAND)
+        n_tile = cutlass.select_(u < with_tokens, n_tile, (u - with_tokens) % n_tiles)
+        slot = cutlass.select_(u < with_tokens, slot, holding + (u - with_tokens) // n_tiles)
+        unit_idx = unit_in_token_order(offsets, num_experts, slot, lane, units, holding, TILE_TOKENS * DENSE_CLUSTER)
         e, row0, unit_rows, tile0, unit_tiles = placed_unit(offsets, num_experts, unit_idx, lane, num_tiles,
                                                             DENSE_CLUSTER)
         first_rows = cutlass.min(unit_rows, Int32(TILE_TOKENS))
