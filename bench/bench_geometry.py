@@ -47,8 +47,8 @@ def run(name, batches):
         hd = quantize_mxfp8_cuda(torch.randn(t, h, device="cuda", dtype=torch.bfloat16), row_dequant=True)[0]
         p = torch.rand(t, device="cuda")
         r = dict(shape=name, E=e, K=k, H=h, T=t, tokens_per_expert=t / e,
-                 launcher=GEOMS[swapped_geometry("cuda", 2 * h, t, e)],
-                 launcher_fc2=GEOMS[swapped_geometry("cuda", k, t, e)])
+                 launcher=GEOMS[swapped_geometry("cuda", 2 * h, k, t, e)],
+                 launcher_fc2=GEOMS[swapped_geometry("cuda", k, h, t, e)])
         for decode, geom in enumerate(GEOMS):
             def fc1():
                 return mx_grouped_gemm_sm90(None, None, w1q, w1s, offsets, swiglu=True, probs=p, h_dequant=True,

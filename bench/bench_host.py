@@ -135,7 +135,7 @@ def main():
             if args.profile:
                 profile(f"{shape} B={batch} ours FC1", cases[1][1])
                 profile(f"{shape} B={batch} grouped_mlp fwd (cached weights)", cases[5][1])
-        del w1, w2, w1q, w1s, w2q, w2s, w1t, w2t
+        w1 = w2 = w1q = w1s = w2q = w2s = w1t = w2t = None  # frees them
         cute_moe.clear_weight_cache()
         torch.cuda.empty_cache()
     print(f"\nGPU: {torch.cuda.get_device_name()}  torch {torch.__version__}")

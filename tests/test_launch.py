@@ -20,7 +20,7 @@ from cute_moe.kernels.sm90.mx_grouped_gemm import compiled_mx_grouped_gemm_kerne
 
 pytestmark = pytest.mark.compile
 
-MX = "p" * 12 + "iiii" + "s"
+MX = "p" * 13 + "iiiiii" + "s"
 KERNELS = {
     "mx_swap_fc1": (lambda: compiled_mx_grouped_gemm_kernel(512, 256, (True, True, False, False, True, True, True, True),
                                                             "sm_90a"), MX),

@@ -119,18 +119,39 @@ def test_decode_grid_covers_each_placed_tile_once(num_experts):
 
 
 def test_swapped_geometry_picks_the_measured_faster_form():
-    """The launcher's geometry on an H200's 132 SMs for the decode rows session 15 measured
-    (bench_geometry --batch, top-6): narrow only where it was faster or level (pro T=6: 144
-    full-size CTAs, two rounds; flash T=12: level), decode elsewhere, training from 160 tokens
-    per expert (the session-13 crossover)."""
+    """The launcher's geometry on an H200's 132 SMs for the decode rows sessions 15 and 19
+    measured (top-6): without split K (MXFP8 tokens) narrow only where it was faster or level (pro
+    T=6: 144 full-size CTAs, two rounds; flash T=12: level), decode elsewhere; with split K (bf16
+    tokens, the fused forward) pro T=6 takes the decode form with its last round split (FC1 119 us
+    against narrow's 126 split / 136 not); training from 160 tokens per expert (the session-13
+    crossover)."""
     from cute_moe.kernels.sm90.mx_grouped_gemm import pick_geometry
 
     pro, flash = (384, 7168, 3072), (256, 4096, 2048)
     want = {(pro, 6): 2, (pro, 12): 1, (pro, 24): 1, (pro, 96): 1, (flash, 6): 1, (flash, 12): 2, (flash, 96): 1}
     for ((e, k, h), t), geometry in want.items():
-        assert pick_geometry(132, 2 * h, t, e) == geometry, (e, t, "FC1")
-        assert pick_geometry(132, k, t, e) == geometry, (e, t, "FC2")
-    assert pick_geometry(132, 1536, 128 * 160, 128) == 0 and pick_geometry(132, 1536, 128 * 159, 128) == 1
+        assert pick_geometry(132, 2 * h, k, t, e, split=False) == geometry, (e, t, "FC1")
+        assert pick_geometry(132, k, h, t, e, split=False) == geometry, (e, t, "FC2")
+    for (e, k, h), t, fc1, fc2 in [(pro, 6, 1, 1), (flash, 6, 1, 1)]:
+        assert (pick_geometry(132, 2 * h, k, t, e), pick_geometry(132, k, h, t, e)) == (fc1, fc2), (e, t)
+    assert pick_geometry(132, 1536, 2048, 128 * 160, 128) == 0 and pick_geometry(132, 1536, 2048, 128 * 159, 128) == 1
+
+
+def test_tail_splits():
+    """Only a short last round is split (at most half the SMs), into at most MAX_SPLITS parts of at
+    least MIN_PAIRS_PER_SPLIT k-tile pairs, filling the SMs: pro B=1's FC1 (144 decode tiles: 132
+    whole, 12 x 8), its narrow form (288: 264 whole, 24 x 5), FC2 (168: 36 x 3); a full last round
+    (336 narrow FC2 tiles: 72 left) or one round of work (flash B=1, 96) runs whole; short K
+    splits less or not at all."""
+    from cute_moe.kernels.sm90.mx_grouped_gemm import tail_splits
+
+    assert tail_splits(132, 144, 112) == (8, 132)
+    assert tail_splits(132, 288, 112) == (5, 264)
+    assert tail_splits(132, 168, 48) == (3, 132)
+    assert tail_splits(132, 336, 48) == (1, 336)
+    assert tail_splits(132, 96, 64) == (1, 96) and tail_splits(132, 264, 64) == (1, 264)
+    assert tail_splits(132, 134, 16) == (2, 132) and tail_splits(132, 134, 15) == (1, 134)
+    assert tail_splits(132, 60, 112) == (2, 0)
 
 
 def test_grouped_columnwise_swizzle_is_dense_swizzle_of_transpose():

@@ -69,7 +69,7 @@ def test_entry_dies_with_its_weight_and_ids_are_not_confused():
     for _ in range(20):
         v = torch.randn(2, 64, 32)
         assert torch.equal(cached_weight(v, "row_mx", lambda: v + 1), v + 1)
-        del v
+        v = None
     # an entry whose weight died but is still listed (its callback not run yet) under a reused id
     u = torch.randn(2, 64, 32)
     dead = torch.randn(2, 64, 32)

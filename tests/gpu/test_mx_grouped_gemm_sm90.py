@@ -256,6 +256,57 @@ def test_geometries_bit_identical():
     assert torch.equal(ys[0], ys[1]) and torch.equal(ys[0], ys[2])
 
 
+@pytest.mark.parametrize("decode", [pytest.param(True, id="decode"), pytest.param(2, id="decode_narrow")])
+@pytest.mark.parametrize("splits", [2, 3, 7])
+def test_decode_split_k(splits, decode):
+    """Split K (every decode tile forced into ``splits`` parts of the k-tile pairs; the last part
+    to finish adds the fp32 partials in split order and runs the epilogue): FC1's z against the
+    exact reference, h and MXFP8 h against the stored z, FC2; narrow (<= 32 tokens) and 128-token
+    tiles, empty and 1-token experts, an uneven share of 8 k-tile pairs. A second launch (the
+    counters back at zero) gives the same bytes."""
+    sizes = [0, 1, 33, 130, 5, 0, 77, 32, 128, 3]
+    (aq, as_, adq), (bq, bs, bdq), offsets = _problem(sizes, 512, 1024, seed=17, spread=6)
+    ad = dequantize_rowwise_kperm(aq, as_)
+    probs = torch.rand(sum(sizes), device="cuda")
+    kw = dict(swiglu=True, probs=probs, h_bf16=True, h_row=True, h_col=True, swizzled=True, _decode=decode,
+              _splits=splits)
+    out = mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _poison=True, **kw)
+    _check_fc1(out, sizes, adq, bdq, offsets, probs, True)
+    _assert_same_bytes(out, mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _poison=True, **kw))
+    whole = mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, **{**kw, "_splits": 1})
+    assert rel_err(out["z"].double(), whole["z"].double()) < 1e-2
+    y = mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _poison=True, _decode=decode, _splits=splits)
+    _check_gemm(y, adq, bdq, sizes, offsets)
+
+
+@pytest.mark.parametrize("decode", [pytest.param(True, id="decode"), pytest.param(2, id="decode_narrow")])
+def test_decode_tail_split(decode):
+    """The launcher's own split (:func:`tail_splits`): a grid of a few tiles more than the SMs
+    runs the first round whole and splits the short last one; same checks as above."""
+    from cute_moe._cuda import sm_count
+    from cute_moe.kernels.sm90.mx_grouped_gemm import GEOMETRIES as FORMS, TILE_K, filled_slots, tail_splits
+
+    n, k = 512, 2048
+    n_tiles, sms = n // FORMS[decode][1], sm_count(torch.device("cuda"))
+    for experts in range(sms // n_tiles, 2 * sms):  # 1-3 tokens each: a short last round of tiles
+        sizes = [1 + i % 3 for i in range(experts)]
+        tiles = n_tiles * filled_slots(sum(sizes), experts)
+        splits, whole = tail_splits(sms, tiles, k // TILE_K)
+        if splits > 1 and whole > 0:
+            break
+    assert splits > 1 and 0 < whole < tiles
+    (aq, as_, adq), (bq, bs, bdq), offsets = _problem(sizes, n, k, seed=19, spread=4)
+    ad = dequantize_rowwise_kperm(aq, as_)
+    probs = torch.rand(sum(sizes), device="cuda")
+    kw = dict(swiglu=True, probs=probs, h_bf16=True, h_row=True, h_col=True, swizzled=False, _decode=decode)
+    out = mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _poison=True, **kw)
+    _check_fc1(out, sizes, adq, bdq, offsets, probs, False)
+    unsplit = mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _splits=1, **kw)
+    assert rel_err(out["z"].double(), unsplit["z"].double()) < 1e-2
+    y = mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _poison=True, _decode=decode)
+    _check_gemm(y, adq, bdq, sizes, offsets)
+
+
 def _dense_weights(bq, bs):
     e, n, k = bq.shape
     return dequantize_rowwise_kperm(bq.view(e * n, k), bs.view(e * n, k // 32)).view(e, n, k)

@@ -118,6 +118,45 @@ def st_global(addr: Int64, vals, pred, *, loc=None, ip=None):
 
 
 @dsl_user_op
+def st_global_f32x4(addr: Int64, vals, *, loc=None, ip=None):
+    """16-byte store of four fp32 values."""
+    _asm(
+        None,
+        [Int64(addr), *(Float32(v) for v in vals)],
+        "st.global.v4.f32 [$0], {$1, $2, $3, $4};",
+        "l,f,f,f,f",
+        side_effects=True,
+        loc=loc,
+        ip=ip,
+    )
+
+
+@dsl_user_op
+def ld_global_cg_f32x4(addr: Int64, *, loc=None, ip=None):
+    """16-byte load of four fp32 values through L2 only (``.cg``: data other CTAs just stored, which
+    this SM's L1 may hold stale)."""
+    res = _asm(
+        llvm.StructType.get_literal([T.f32()] * 4),
+        [Int64(addr)],
+        "ld.global.cg.v4.f32 {$0, $1, $2, $3}, [$4];",
+        "=f,=f,=f,=f,l",
+        side_effects=True,
+        loc=loc,
+        ip=ip,
+    )
+    return [Float32(llvm.extractvalue(T.f32(), res, [i], loc=loc, ip=ip)) for i in range(4)]
+
+
+@dsl_user_op
+def atomic_add_acq_rel(addr: Int64, val, *, loc=None, ip=None) -> Int32:
+    """``atom.acq_rel.gpu`` add on an int32 in global memory; returns the old value. Release: the
+    caller's (and, after a CTA barrier, its CTA's) earlier stores are visible to whoever acquires
+    the new value; acquire: what the earlier arrivals stored is visible to the caller."""
+    return Int32(_asm(T.i32(), [Int64(addr), Int32(val)], "atom.acq_rel.gpu.global.add.u32 $0, [$1], $2;", "=r,l,r",
+                      side_effects=True, loc=loc, ip=ip))
+
+
+@dsl_user_op
 def st_global_u8(addr: Int64, val, pred, *, loc=None, ip=None):
     _asm(
         None,

@@ -71,9 +71,11 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
     def __call__(self, a: cute.Pointer, a_scale: cute.Pointer, b: cute.Pointer, b_scale: cute.Pointer,
                  offsets: cute.Pointer, out: cute.Pointer, probs: cute.Pointer, h: cute.Pointer,
                  hq_row: cute.Pointer, hs_row: cute.Pointer, hq_col: cute.Pointer, hs_col: cute.Pointer,
-                 tokens: Int32, num_experts: Int32, num_tiles: Int32, ctas: Int32, stream: cuda.CUstream):
+                 partials: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32, ctas: Int32,
+                 splits: Int32, whole: Int32, stream: cuda.CUstream):
         """Both operands bf16 (``a_scale`` / ``b_scale`` unused), 128-byte-swizzled K-major stages
-        (tokens = A, weights = B); a persistent grid of ``ctas`` CTAs in clusters of two."""
+        (tokens = A, weights = B); a persistent grid of ``ctas`` CTAs in clusters of two (the split-K
+        arguments are the swapped decode forms', unused here)."""
         row_major = cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
         a_smem = sm90_utils.make_smem_layout_a(row_major, self.tile_mnk, BFloat16, DENSE_STAGES)
         b_smem = sm90_utils.make_smem_layout_b(row_major, self.tile_mnk, BFloat16, DENSE_STAGES)

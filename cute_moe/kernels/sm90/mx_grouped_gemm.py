@@ -28,7 +28,10 @@ How the work is laid out, and why:
   warp scan over ``offsets`` (:func:`filled_tile`), then FC1's gap-code CTAs, one per 32 experts
   per N tile (:meth:`write_gap_tiles`): a decode step touches 6 of 256-384 experts, and one CTA
   per placed tile launched 4096-9216 CTAs for 96-144 that read weights (session 14: B=1 FC1 took
-  twice as long). Gap units and empty experts never touch ``b``. CTAs take their (N tile, unit) in
+  twice as long). On bf16 tokens the tiles of a short last round of CTAs are split along K
+  (:func:`tail_splits`, :meth:`reduce_splits`: fp32 partials, the last split adds them in split
+  order and runs the epilogue): pro B=1's 144 FC1 tiles on 132 SMs took two rounds for 1.09 of
+  work (session 19: 149 -> 109 us). Gap units and empty experts never touch ``b``. CTAs take their (N tile, unit) in
   bands of 8 N tiles (``parts.banded_tile``), so that the CTAs in flight share weight tiles in L2.
 - TMA loads the unit's token rows (a box of up to 256 rows from the unit's first token; TMA boxes
   start at any row) and the e4m3 weight rows of ``b_row[e]``, 64 k per stage, into a
@@ -88,7 +91,8 @@ from ...quant.layout import grouped_tiles
 from ...quant.mxfp8 import dequantize
 from ..common.activation import swiglu_bf16x2
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS, filled_tile, gap_tile, placed_unit
-from ..common.ptx import e4m3_to_bf16_scaled, ld_global_u8, ld_global_u32, ld_shared, st_global, st_shared
+from ..common.ptx import (atomic_add_acq_rel, e4m3_to_bf16_scaled, ld_global_cg_f32x4, ld_global_u8, ld_global_u32,
+                          ld_shared, st_global, st_global_f32x4, st_shared)
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise, row_bytes
 from ..compile import (addr, check_aligned, compile_kernel, front_door_kernel, gmem_ptr, launch, sm_count, stream_arg,
                        stream_handle, target_arch)
@@ -129,6 +133,21 @@ NARROW = 32  # units with at most this many tokens use 64 x NARROW WGMMAs
 GLU = 32
 CHUNK = 16  # bytes of e4m3 per conversion chunk
 GAP_GROUP = 32  # experts per gap-code CTA of the decode grid (one per lane)
+# Split K for the decode forms' last round: at one CTA per SM a round costs one CTA's length however
+# few CTAs it holds (one SM streams weights at ~25 GB/s, session 15), so pro's FC1 at B=1 (144
+# decode CTAs on 132 SMs) paid two rounds for 1.09 of work. The tiles of a short last round are
+# split into ``splits`` parts of K each, so that their CTAs fill the SMs for a fraction of a round;
+# each part stores its fp32 accumulators, and the last to finish adds all of them in split order
+# (deterministic) and runs the epilogue. Splitting every tile was slower (session 15: ~10 us of
+# fixed cost per CTA); only the last round's tiles are split, and only when they fill at most half
+# the SMs.
+MAX_SPLITS = 8
+MIN_PAIRS_PER_SPLIT = 4  # k-tile pairs (the bf16-token mainloop's step) per split at least
+# what a split last round costs, in full decode rounds, in either form (session 19, H200, pro B=1
+# FC1: the decode form 149 us whole (two rounds), 109 us with its 12 last tiles in 8 splits; the
+# narrow form 136 whole, 126 split, measured before the reduction's loads were batched): mostly
+# fixed cost (pipeline fill, the partials' round trip, the epilogue), not the split's share of K
+SPLIT_TAIL_COST = 0.45
 
 
 def filled_slots(tokens, num_experts):
@@ -137,31 +156,61 @@ def filled_slots(tokens, num_experts):
     return (tokens + TILE_TOKENS - 1) // TILE_TOKENS + _min(num_experts, tokens) - 1
 
 
-def swapped_geometry(dev, n: int, tokens: int, num_experts: int) -> int:
+def swapped_geometry(dev, n: int, k: int, tokens: int, num_experts: int, split: bool = True) -> int:
     """The swapped kernels' geometry (index into GEOMETRIES) for this launch on device ``dev``:
     :func:`pick_geometry` with the GPU's SM count."""
-    return pick_geometry(sm_count(dev), n, tokens, num_experts)
+    return pick_geometry(sm_count(dev), n, k, tokens, num_experts, split)
 
 
-def pick_geometry(sms: int, n: int, tokens: int, num_experts: int) -> int:
+def pick_geometry(sms: int, n: int, k: int, tokens: int, num_experts: int, split: bool = True) -> int:
     """Training from TRAIN_MIN_TOKENS_PER_EXPERT tokens per expert on average; below, decode, or
     narrow decode when its half-size CTAs' rounds on ``sms`` SMs cost less (NARROW_ROUND_COST each)
-    than the full-size CTAs' rounds (both counted on the host's bound of the filled tiles)."""
+    than the full-size CTAs' rounds (both counted on the host's bound of the filled tiles). With
+    ``split`` (bf16 tokens: :func:`tail_splits` applies) a split last round costs SPLIT_TAIL_COST of
+    a full round in either form."""
     if tokens >= TRAIN_MIN_TOKENS_PER_EXPERT * num_experts:
         return 0
-    ctas = n // DECODE_GEOMETRY[1] * filled_slots(tokens, num_experts)
-    rounds, narrow_rounds = -(-ctas // sms), -(-(2 * ctas) // sms)
-    return 2 if narrow_rounds * NARROW_ROUND_COST < rounds else 1
+    tiles = n // DECODE_GEOMETRY[1] * filled_slots(tokens, num_experts)
+
+    def cost(ctas, round_cost):
+        splits, whole = tail_splits(sms, ctas, k // TILE_K) if split else (1, ctas)
+        if splits > 1:
+            return whole // sms * round_cost + SPLIT_TAIL_COST
+        return -(-ctas // sms) * round_cost
+
+    return 2 if cost(2 * tiles, NARROW_ROUND_COST) < cost(tiles, 1.0) else 1
 
 
-def grid_rows(tokens, num_experts, geometry: int, gap_codes: bool = True):
+def grid_rows(tokens, num_experts, geometry: int, gap_codes: bool = True, n_tiles=1, splits=1, whole=None):
     """Launch grid rows (y) of the swapped kernels: training, one per placed 256-token unit,
-    ceil(T / 256) + E - 1; the decode forms, the filled tile slots, then FC1's gap-code CTAs
-    (host ints, or Int32 in the kernel; the host checks the bound with ``gap_codes``)."""
+    ceil(T / 256) + E - 1; the decode forms, the filled tile slots (over ``n_tiles`` N tiles, the
+    tiles after the first ``whole`` ``splits`` CTAs each: :func:`tail_splits`), then FC1's gap-code
+    CTAs (host ints, or Int32 in the kernel; the host checks the bound with ``gap_codes``)."""
     if geometry:
-        return filled_slots(tokens, num_experts) + (gap_groups(num_experts) if gap_codes else 0)
+        slots = filled_slots(tokens, num_experts)
+        rows = slots
+        if whole is not None:
+            tiles = n_tiles * slots
+            rows = (whole + (tiles - whole) * splits + n_tiles - 1) // n_tiles
+        return rows + (gap_groups(num_experts) if gap_codes else 0)
     unit = TILE_TOKENS * TRAIN_GEOMETRY[0]
     return (tokens + unit - 1) // unit + num_experts - 1
+
+
+def tail_splits(sms: int, tiles: int, k_tiles: int):
+    """(splits, whole): the first ``whole`` of ``tiles`` decode tiles run one CTA each, the rest
+    (a last round of at most half the ``sms`` SMs) ``splits`` CTAs each; (1, tiles) when nothing is
+    split."""
+    whole = tiles // sms * sms
+    tail = tiles - whole
+    splits = min(sms // tail, MAX_SPLITS, k_tiles // 2 // MIN_PAIRS_PER_SPLIT) if 0 < 2 * tail <= sms else 1
+    return (splits, whole) if splits > 1 else (1, tiles)
+
+
+def split_counter_bytes(split_tiles):
+    """The split-K workspace's int32 arrival counters, one per split tile, rounded up to 16 bytes
+    (the fp32 partials follow; host ints or Int32)."""
+    return (split_tiles * 4 + 15) // 16 * 16
 
 
 def gap_groups(num_experts):
@@ -233,7 +282,10 @@ class MXGroupedGemmSm90Kernel:
     def __call__(self, a: cute.Pointer, a_scale: cute.Pointer, b: cute.Pointer, b_scale: cute.Pointer,
                  offsets: cute.Pointer, out: cute.Pointer, probs: cute.Pointer, h: cute.Pointer,
                  hq_row: cute.Pointer, hs_row: cute.Pointer, hq_col: cute.Pointer, hs_col: cute.Pointer,
-                 tokens: Int32, num_experts: Int32, num_tiles: Int32, ctas: Int32, stream: cuda.CUstream):
+                 partials: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32, ctas: Int32,
+                 splits: Int32, whole: Int32, stream: cuda.CUstream):
+        """``partials``, ``splits``, ``whole``: the decode forms' split K (:func:`tail_splits`; the
+        workspace: :func:`split_counter_bytes` of counters, zero, then fp32 partials)."""
         N, K = self.n, self.k
         row_major = cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
         if cutlass.const_expr(self.tokens_bf16):
@@ -270,28 +322,29 @@ class MXGroupedGemmSm90Kernel:
             sT16: cute.struct.Align[cute.struct.MemRange[BFloat16, t16_elems], 1024]
 
         self.shared_storage = SharedStorage
-        units = grid_rows(tokens, num_experts, int(self.filled_only), self.gap_codes)
+        units = grid_rows(tokens, num_experts, int(self.filled_only), self.gap_codes, N // self.tile_n, splits, whole)
         self.kernel(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, offsets, out, probs, h, hq_row, hs_row,
-                    hq_col, hs_col, tokens, num_experts, num_tiles, mma_wide, mma_half, mma_narrow, a8_smem, b8_smem,
-                    t16_smem, tma_a_n, tma_mA_n, tma_a_h, tma_mA_h).launch(
+                    hq_col, hs_col, partials, tokens, num_experts, num_tiles, splits, whole, mma_wide, mma_half,
+                    mma_narrow, a8_smem, b8_smem, t16_smem, tma_a_n, tma_mA_n, tma_a_h, tma_mA_h).launch(
             grid=[N // self.tile_n, units, 1], block=[THREADS, 1, 1], stream=stream)
 
     @cute.kernel
     def kernel(self, tma_a: cute.CopyAtom, tma_mA: cute.Tensor, tma_b: cute.CopyAtom, tma_mB: cute.Tensor,
                a_scale: cute.Pointer, b_scale: cute.Pointer, offsets: cute.Pointer, out: cute.Pointer,
                probs: cute.Pointer, h: cute.Pointer, hq_row: cute.Pointer, hs_row: cute.Pointer,
-               hq_col: cute.Pointer, hs_col: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32,
-               mma_wide: cute.TiledMma, mma_half: cute.TiledMma, mma_narrow: cute.TiledMma, a8_smem, b8_smem,
-               t16_smem: cute.ComposedLayout, tma_a_n: cute.CopyAtom, tma_mA_n: cute.Tensor,
+               hq_col: cute.Pointer, hs_col: cute.Pointer, partials: cute.Pointer, tokens: Int32,
+               num_experts: Int32, num_tiles: Int32, splits: Int32, whole: Int32, mma_wide: cute.TiledMma,
+               mma_half: cute.TiledMma, mma_narrow: cute.TiledMma, a8_smem, b8_smem, t16_smem: cute.ComposedLayout, tma_a_n: cute.CopyAtom, tma_mA_n: cute.Tensor,
                tma_a_h: cute.CopyAtom, tma_mA_h: cute.Tensor):
         # ---- which expert and rows this unit holds (rows 0: gap unit / empty expert)
         tidx, _, _ = cute.arch.thread_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         if cutlass.const_expr(self.filled_only):
             # (N tile, filled-tile slot), then the gap-code CTAs (N tile, group of experts)
-            n_tile, unit, gap_cta = banded_head_tail(filled_slots(tokens, num_experts))
+            n_tile, unit, gap_cta, z, split_tile, idle = banded_head_tail(filled_slots(tokens, num_experts), splits,
+                                                                          whole)
             e, row0, rows, tile0 = filled_tile(offsets, num_experts, unit, tidx % 32)
-            rows = cutlass.select_(gap_cta, Int32(0), rows)
+            rows = cutlass.select_(gap_cta | idle, Int32(0), rows)
             unit_tiles = cutlass.select_(rows > 0, Int32(1), Int32(0))
         else:
             n_tile, unit = banded_tile()
@@ -310,13 +363,19 @@ class MXGroupedGemmSm90Kernel:
         # set inside one branch would be an IR value the other branch cannot use
         for m in mmas:
             m.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
+        split = None
+        if cutlass.const_expr(self.filled_only and self.tokens_bf16):
+            # (the flag word: the token-conversion buffer, unused on bf16 tokens)
+            split = self.split_coords(partials, tokens, num_experts, z, split_tile, splits, whole,
+                                      storage.sT16.data_ptr().toint())
+        last = Int32(1)  # whether this CTA runs the epilogue (split K: the last split of its tile)
         if rows > 0:
             if cutlass.const_expr(self.tokens_bf16):
                 # the widths differ in the token box (and so the stage's byte count, a static
                 # pipeline parameter): one instance of the mainloop each
                 if rows <= NARROW:
-                    self.mainloop_bf16_tokens(tma_a_n, tma_mA_n, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile,
-                                              tidx, warp, storage, mmas, a8_smem, b8_smem, 0)
+                    last = self.mainloop_bf16_tokens(tma_a_n, tma_mA_n, tma_b, tma_mB, b_scale, out, e, row0, rows,
+                                                     n_tile, tidx, warp, storage, mmas, a8_smem, b8_smem, 0, split)
                 else:
                     if cutlass.const_expr(self.tile_m > TILE_TOKENS):  # training form: 128 or 256
                         if rows <= TILE_TOKENS:
@@ -326,17 +385,18 @@ class MXGroupedGemmSm90Kernel:
                             self.mainloop_bf16_tokens(tma_a, tma_mA, tma_b, tma_mB, b_scale, out, e, row0, rows,
                                                       n_tile, tidx, warp, storage, mmas, a8_smem, b8_smem, 2)
                     else:
-                        self.mainloop_bf16_tokens(tma_a, tma_mA, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile,
-                                                  tidx, warp, storage, mmas, a8_smem, b8_smem, 2)
+                        last = self.mainloop_bf16_tokens(tma_a, tma_mA, tma_b, tma_mB, b_scale, out, e, row0, rows,
+                                                         n_tile, tidx, warp, storage, mmas, a8_smem, b8_smem, 2, split)
             else:
                 self.mainloop_and_store(tma_a, tma_mA, tma_b, tma_mB, a_scale, b_scale, out, tokens, e, row0, rows,
                                         n_tile, tidx, warp, storage, mmas, a8_smem, b8_smem, t16_smem)
             if cutlass.const_expr(self.swiglu):
-                self.swiglu_epilogue(probs, h, out_stage, h_stage, row0, rows, n_tile, tidx)
+                if last != 0:
+                    self.swiglu_epilogue(probs, h, out_stage, h_stage, row0, rows, n_tile, tidx)
         if cutlass.const_expr(self.swiglu):
             # one 128-row h tile per placed tile of the unit (gap tiles: padding scale codes only)
             if cutlass.const_expr(self.filled_only):
-                if unit_tiles > 0:  # decode: one placed tile per CTA
+                if (unit_tiles > 0) & (last != 0):  # decode: one placed tile per CTA
                     self.quantize_unit_tile(h_stage, hq_row, hs_row, hq_col, hs_col, tile0, n_tile, row0, rows,
                                             num_tiles, tidx, 0)
             else:
@@ -560,23 +620,29 @@ class MXGroupedGemmSm90Kernel:
 
     @cute.jit
     def mainloop_bf16_tokens(self, tma_a, tma_mA, tma_b, tma_mB, b_scale, out, e, row0, rows, n_tile, tidx, warp,
-                             storage, mmas, a_smem, b8_smem, width: cutlass.Constexpr):
+                             storage, mmas, a_smem, b8_smem, width: cutlass.Constexpr, split=None):
         """Tokens arrive as bf16 (TMA straight into the swizzled operand layout): only the weights
         are dequantized, and the warpgroups never wait for each other. ``width``: index into ``widths``
         of the WGMMA N (the unit's tokens); ``tma_a`` loads boxes of that many rows into the first
-        rows of each stage."""
+        rows of each stage. ``split`` (the decode forms, :meth:`split_coords`): this CTA's k-tiles
+        of its tile only, then :meth:`reduce_splits`. Returns whether this CTA stored ``out`` (and
+        runs the epilogue): always, unless it is a split of K other than its tile's last."""
         sA = bf16_view(storage.sA8, a_smem)
         box = self.widths[width]
         sA_box = cute.local_tile(sA, (box, TILE_K, self.stages), (0, 0, 0))
+        k_tiles, k0 = self.k_tiles, None
+        if cutlass.const_expr(split is not None):
+            k_tiles, k0 = split[1], split[0] * TILE_K
         ab_pipe, prod, parts = start_ab_pipeline(tma_a, tma_mA, sA_box, tma_b, tma_mB,
                                                  storage.sB8.get_tensor(b8_smem), storage.bars.data_ptr(), self.stages,
-                                                 (2 * box + self.tile_n) * TILE_K, self.k_tiles, row0, e, n_tile,
-                                                 (box, self.tile_n, TILE_K), warp, THREADS // 32)
-        k_tiles = self.k_tiles
+                                                 (2 * box + self.tile_n) * TILE_K, k_tiles, row0, e, n_tile,
+                                                 (box, self.tile_n, TILE_K), warp, THREADS // 32, k0)
         # two register sets of A fragments: k-tile kt converts into set kt % 2 while the WGMMAs of
         # kt-1 still read the other (one set would make every conversion wait for the tensor cores)
         views, acc, rA, rA32 = self.mma_operands(mmas, sA, self.stages, tidx, 2)
         fc, f_rows, b_sc = self.weight_rows(b_scale, e, n_tile, tidx, warp)
+        if cutlass.const_expr(split is not None):
+            b_sc = (b_sc[0] + 2 * split[0], b_sc[1])  # two scale columns per k-tile
         b8 = storage.sB8.data_ptr().toint()
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         prev = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
@@ -610,7 +676,67 @@ class MXGroupedGemmSm90Kernel:
                 read.advance()
         cute.nvgpu.warpgroup.wait_group(0)
         cute.arch.sync_threads()
-        self.store_acc_bf16(acc, mmas[-1], storage, out, row0, rows, n_tile, tidx)
+        last = Int32(1)
+        if cutlass.const_expr(split is not None):
+            last = self.reduce_splits(acc, 16 if width == 0 else 64, split, tidx)
+        if last != 0:
+            self.store_acc_bf16(acc, mmas[-1], storage, out, row0, rows, n_tile, tidx)
+        return last
+
+    # ---- split K (decode forms): which k-tiles, and the last split's sum of the partials
+
+    @cute.jit
+    def split_coords(self, partials, tokens, num_experts, z, split_tile, splits, whole, flag):
+        """Split ``z`` of its tile (``split_tile`` among the split tiles; negative: a whole tile, one
+        split): (first k-tile, k-tiles (an even share of the k-tile pairs), split, splits of the
+        tile, its split 0's partials address, bytes per split, its arrival counter's address, flag
+        address (a shared word: whether this CTA is its tile's last)). Workspace: the counters
+        (:func:`split_counter_bytes`), then per split tile and split THREADS x 16 fp32 x 4 per
+        64-row block."""
+        tiles = (self.n // self.tile_n) * filled_slots(tokens, num_experts)
+        parts = cutlass.select_(split_tile >= 0, splits, Int32(1))
+        pairs = self.k_tiles // 2
+        p0 = z * pairs // parts
+        per_split = THREADS * self.blocks * 64 * 4
+        at = Int64(cutlass.max(split_tile, Int32(0)))
+        base = partials.toint() + split_counter_bytes(tiles - whole) + at * parts * per_split
+        return 2 * p0, 2 * ((z + 1) * pairs // parts - p0), z, parts, base, per_split, partials.toint() + at * 4, flag
+
+    @cute.jit
+    def reduce_splits(self, acc, count: cutlass.Constexpr, split, tidx):
+        """After the mainloop of a split tile: every split stores its fp32 accumulators (the first
+        ``count`` of each block's) and arrives on the tile's counter; the last to arrive adds all
+        the splits' partials in split order (the same bytes whatever the arrival order) into
+        ``acc`` and puts the counter back to zero for the next launch. Returns 1 for that CTA (it
+        runs the epilogue), else 0; 1 for a whole tile."""
+        _, _, z, parts, base, per_split, counter, flag = split
+        last = Int32(1)
+        if parts > 1:
+            # value 4q + c of block j at ((16 j + q) THREADS + tidx) 16 + 4c: coalesced
+            for j in cutlass.range_constexpr(self.blocks):
+                for q in cutlass.range_constexpr(count // 4):
+                    at = base + Int64(z) * per_split + (Int64(16 * j + q) * THREADS + tidx) * 16
+                    st_global_f32x4(at, [acc[j][4 * q + c] for c in range(4)])
+            cute.arch.fence_acq_rel_gpu()
+            cute.arch.sync_threads()
+            if tidx == 0:
+                st_shared(flag, [cutlass.select_(atomic_add_acq_rel(counter, 1) == parts - 1, Int32(1), Int32(0))])
+            cute.arch.sync_threads()
+            last = Int32(ld_shared(flag, 1)[0])
+            if last != 0:
+                cute.arch.fence_acq_rel_gpu()
+                # per block, each split's values in one batch of independent loads (one L2 round
+                # trip per split, not per value), added in split order: the same sum per element
+                for j in cutlass.range_constexpr(self.blocks):
+                    acc[j].fill(0.0)
+                    for s in cutlass.range(parts, unroll=1):
+                        at = base + Int64(s) * per_split + (Int64(16 * j) * THREADS + tidx) * 16
+                        vs = [ld_global_cg_f32x4(at + Int64(q * THREADS * 16)) for q in range(count // 4)]
+                        for q in cutlass.range_constexpr(count // 4):
+                            for c in cutlass.range_constexpr(4):
+                                acc[j][4 * q + c] = acc[j][4 * q + c] + vs[q][c]
+                st_global(counter, [Int32(0)], tidx == 0)
+        return last
 
     @cute.jit
     def convert_tokens(self, src: Int32, dst: Int32, r0: Int32, kc: Int32, codes: list, rows: Int32):
@@ -727,12 +853,13 @@ def store_rows(dst: cute.Pointer, dst_cols: cutlass.Constexpr, col0, cols: cutla
 
 def _placeholder_args(tokens_bf16=False, h_dequant=False, weights_bf16=False):
     u8 = Uint8
-    # a, a_scale, b, b_scale, offsets, out, probs, h, hq_row, hs_row, hq_col, hs_col, T, E, tiles, ctas, stream
+    # a, a_scale, b, b_scale, offsets, out, probs, h, hq_row, hs_row, hq_col, hs_col, partials, T, E, tiles,
+    # ctas, splits, whole, stream
     return (gmem_ptr(BFloat16 if tokens_bf16 else u8), gmem_ptr(u8), gmem_ptr(BFloat16 if weights_bf16 else u8),
             gmem_ptr(u8), gmem_ptr(Int32),
             gmem_ptr(BFloat16), gmem_ptr(Float32), gmem_ptr(BFloat16), gmem_ptr(BFloat16 if h_dequant else u8),
-            gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8),
-            Int32(1), Int32(1), Int32(1), Int32(1), stream_arg())
+            gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8), gmem_ptr(u8),
+            Int32(1), Int32(1), Int32(1), Int32(1), Int32(1), Int32(1), stream_arg())
 
 
 def compiled_mx_grouped_gemm_kernel(n, k, flags=(False,) * 6, arch=None, keep_ptx=False):
@@ -747,6 +874,23 @@ def compiled_mx_grouped_gemm_kernel(n, k, flags=(False,) * 6, arch=None, keep_pt
     cls = DenseGroupedGemmSm90Kernel if flags[8] else MXGroupedGemmSm90Kernel
     return compile_kernel(("mx_grouped_gemm_sm90", n, k, flags), lambda: cls(n, k, *flags),
                           lambda: _placeholder_args(flags[6], flags[7], flags[8]), arch or target_arch(), keep_ptx)
+
+
+_SPLIT_WORKSPACES = {}
+
+
+def split_workspace(dev, nbytes: int) -> torch.Tensor:
+    """The split-K workspace for launches on ``dev``'s current stream: its counters start at zero
+    and every launch leaves them at zero (the last split of a tile resets its counter), so one
+    zeroed buffer per (device, stream) serves every launch in stream order, grown as needed. During
+    CUDA graph capture a fresh one (zeroed inside the graph) that the graph keeps."""
+    if torch.cuda.is_current_stream_capturing():
+        return torch.zeros(nbytes, dtype=torch.uint8, device=dev)
+    key = (dev, stream_handle(dev))
+    ws = _SPLIT_WORKSPACES.get(key)
+    if ws is None or ws.numel() < nbytes:
+        ws = _SPLIT_WORKSPACES[key] = torch.zeros(max(nbytes, 1 << 20), dtype=torch.uint8, device=dev)
+    return ws
 
 
 def _check_mx_operand(q, s, shape, name):
@@ -792,7 +936,7 @@ def dequantize_rowwise_kperm(a_q: torch.Tensor, a_s: torch.Tensor) -> torch.Tens
 
 def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=None, h_bf16=False, h_row=False,
                          h_col=False, swizzled=False, h_dequant=False, a_dequant=None, b_dequant=None, _poison=None,
-                         _ctas=None, _decode=None):
+                         _ctas=None, _decode=None, _splits=None):
     """Launch the SM90 MXFP8 grouped GEMM on rowwise MXFP8 operands (plain scales).
 
     a_q e4m3 [T, K] with a_s uint8 [T, K/32]; b_q e4m3 [E, N, K] with b_s [E, N, K/32]; offsets
@@ -812,7 +956,9 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     never produce), so that anything not written shows up. ``_ctas`` (tests): the dense kernel's
     persistent grid in clusters, fewer than the GPU holds (each CTA then walks more tiles).
     ``_decode`` (tests): the swapped forms' geometry (an index into GEOMETRIES; False / True:
-    training / decode), instead of the launcher's choice (:func:`swapped_geometry`).
+    training / decode), instead of the launcher's choice (:func:`swapped_geometry`). ``_splits``
+    (tests): split K for every tile of the decode forms on ``a_dequant`` in this many parts (1: none)
+    instead of the launcher's choice (:func:`tail_splits`: only a short last round's tiles).
     """
     if offsets.dtype != torch.int32 or offsets.dim() != 1:
         raise TypeError(f"offsets must be a 1-D int32 tensor, got {offsets.dtype} {tuple(offsets.shape)}")
@@ -870,8 +1016,23 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         hs_col = alloc((hidden, 4 * tiles) if swizzled else (4 * tiles, hidden), torch.uint8)
     if tokens > 0 and tiles > 0:
         decode = 0 if b_dequant is not None else (
-            swapped_geometry(dev, n, tokens, num_experts) if _decode is None else int(_decode))
-        units = grid_rows(tokens, num_experts, decode)
+            swapped_geometry(dev, n, k, tokens, num_experts, a_dequant is not None) if _decode is None
+            else int(_decode))
+        n_tiles = n // GEOMETRIES[decode][1]
+        splits, whole, partials = 1, 0, None
+        if decode and a_dequant is not None:
+            decode_tiles = n_tiles * filled_slots(tokens, num_experts)
+            if _splits is not None and int(_splits) < 1:
+                raise ValueError(f"_splits must be >= 1, got {_splits}")
+            splits, whole = (tail_splits(sm_count(dev), decode_tiles, k // TILE_K) if _splits is None else
+                             (min(int(_splits), k // TILE_K // 2), 0))
+            if splits > 1:
+                per_split = THREADS * (GEOMETRIES[decode][1] // WARPGROUPS // 64) * 64 * 4
+                split_tiles = decode_tiles - whole
+                partials = split_workspace(dev, split_counter_bytes(split_tiles) + split_tiles * splits * per_split)
+            else:
+                whole = decode_tiles
+        units = grid_rows(tokens, num_experts, decode, True, n_tiles, splits, whole if decode else None)
         if b_dequant is None and units > 65535:  # units run along grid y
             raise ValueError(f"{tokens} tokens over {num_experts} experts need {units} CTA rows "
                              f"({TILE_TOKENS * GEOMETRIES[decode][0]}-token units), more than 65535")
@@ -883,11 +1044,12 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         if b_dequant is not None:
             from .dense_grouped_gemm import dense_grid
             ctas = dense_grid(dev, n, tokens, num_experts, _ctas)
-        # a, a_scale, b, b_scale, offsets, out, probs, h, hq_row, hs_row, hq_col, hs_col, T, E, tiles, ctas, stream
-        launch(kern, "p" * 12 + "iiii" + "s", addr(a_q if a_dequant is None else a_dequant), addr(a_s),
+        # a, a_scale, b, b_scale, offsets, out, probs, h, hq_row, hs_row, hq_col, hs_col, partials, T, E, tiles,
+        # ctas, splits, whole, stream
+        launch(kern, "p" * 13 + "iiiiii" + "s", addr(a_q if a_dequant is None else a_dequant), addr(a_s),
                addr(b_q if b_dequant is None else b_dequant), addr(b_s), addr(offsets), addr(out), addr(probs),
-               addr(h), addr(hq_row), addr(hs_row), addr(hq_col), addr(hs_col), tokens, num_experts, tiles, ctas,
-               stream_handle(dev))
+               addr(h), addr(hq_row), addr(hs_row), addr(hq_col), addr(hs_col), addr(partials), tokens, num_experts,
+               tiles, ctas, splits, whole, stream_handle(dev))
     if not swiglu:
         return out
     f8 = lambda t: None if t is None else t.view(torch.float8_e4m3fn)  # noqa: E731

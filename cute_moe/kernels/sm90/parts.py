@@ -7,21 +7,26 @@ import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
 import cutlass.utils.hopper_helpers as sm90_utils
-from cutlass import BFloat16, Float32
+from cutlass import BFloat16, Float32, Int32
 
 from ..common.placement import placed_tile
 
 
 @cute.jit
 def tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile, tile_mnk: cutlass.Constexpr,
-                        b_multicast: cutlass.Constexpr = 1):
+                        b_multicast: cutlass.Constexpr = 1, k0=None):
     """TMA views of the tile's k-slices: a from token ``row0`` (any row: TMA boxes start anywhere),
-    b[e] from column tile ``n_tile``. With ``b_multicast`` > 1 the CTAs of a cluster (token tiles of
-    one expert, same N tile) each load 1/b_multicast of the b tile for all of them.
-    Returns (tAgA, tAsA, tBgB, tBsB)."""
+    b[e] from column tile ``n_tile``; with ``k0``, k-slice 0 starts at k ``k0`` (a split of K). With
+    ``b_multicast`` > 1 the CTAs of a cluster (token tiles of one expert, same N tile) each load
+    1/b_multicast of the b tile for all of them. Returns (tAgA, tAsA, tBgB, tBsB)."""
     tile_m, tile_n, tile_k = tile_mnk
-    gA = cute.local_tile(cute.domain_offset((row0, 0), tma_mA), (tile_m, tile_k), (0, None))
-    gB = cute.local_tile(tma_mB[None, None, e], (tile_n, tile_k), (n_tile, None))
+    mB = tma_mB[None, None, e]
+    if cutlass.const_expr(k0 is None):
+        gA = cute.local_tile(cute.domain_offset((row0, 0), tma_mA), (tile_m, tile_k), (0, None))
+    else:
+        gA = cute.local_tile(cute.domain_offset((row0, k0), tma_mA), (tile_m, tile_k), (0, None))
+        mB = cute.domain_offset((0, k0), mB)
+    gB = cute.local_tile(mB, (tile_n, tile_k), (n_tile, None))
     rank = 0
     if cutlass.const_expr(b_multicast > 1):
         rank = cute.arch.make_warp_uniform(cute.arch.block_idx_in_cluster())
@@ -74,18 +79,25 @@ def banded_tile():
 
 
 @cute.jit
-def banded_head_tail(head_rows):
-    """Over a launch grid (N tiles, ``head_rows`` + tail rows): (N tile, row, is_tail). The first
-    N tiles x ``head_rows`` CTAs in launch order walk (N tile, head row) banded like
-    :func:`banded_tile`; the tail rows' CTAs come after them all, N tile fastest."""
+def banded_head_tail(head_rows, splits, whole):
+    """Over a launch grid (N tiles, rows): the tiles of (N tiles, ``head_rows``) in the banded order
+    of :func:`banded_tile`, the first ``whole`` of them one CTA each and every later one ``splits``
+    CTAs (a split of K, consecutive in launch order), then the tail rows' CTAs, N tile fastest (the
+    tail rows start at the first whole grid row after the tiles' CTAs; CTAs between are idle).
+    Returns (N tile, row, is_tail, split index, the tile's index among the split ones (negative:
+    a whole tile), idle)."""
     bx, by, _ = cute.arch.block_idx()
     n_tiles, _, _ = cute.arch.grid_dim()
     linear = by * n_tiles + bx
-    tail = linear - n_tiles * head_rows
-    n_tile, row = banded_coords(linear, n_tiles, head_rows)
+    ctas = whole + (n_tiles * head_rows - whole) * splits
+    tail = linear - n_tiles * ((ctas + n_tiles - 1) // n_tiles)
+    beyond = linear - whole
+    split = beyond >= 0
+    pos = cutlass.select_(split, whole + beyond // splits, linear)
+    n_tile, row = banded_coords(pos, n_tiles, head_rows)
     is_tail = tail >= 0
     return (cutlass.select_(is_tail, tail % n_tiles, n_tile), cutlass.select_(is_tail, tail // n_tiles, row),
-            is_tail)
+            is_tail, cutlass.select_(split, beyond % splits, Int32(0)), pos - whole, (linear >= ctas) & (tail < 0))
 
 
 @cute.jit
@@ -122,25 +134,27 @@ def load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts, k_tile=None, b_multicast: 
 
 @cute.jit
 def start_ab_pipeline(tma_a, tma_mA, sA, tma_b, tma_mB, sB, barriers, stages: cutlass.Constexpr,
-                      tx_bytes: cutlass.Constexpr, k_tiles: cutlass.Constexpr, row0, e, n_tile,
-                      tile_mnk: cutlass.Constexpr, warp, consumer_warps: cutlass.Constexpr):
+                      tx_bytes: cutlass.Constexpr, k_tiles, row0, e, n_tile, tile_mnk: cutlass.Constexpr, warp,
+                      consumer_warps: cutlass.Constexpr, k0=None):
     """TMA views of the placed tile, the full/empty-barrier ring of one CTA (every consumer warp
-    releases), and warp 0 filling its first stages. Returns (ab_pipe, producer state, TMA partitions)."""
+    releases), and warp 0 filling its first stages. ``k_tiles``: a static count, or a runtime one
+    from k ``k0`` on (a split of K). Returns (ab_pipe, producer state, TMA partitions)."""
     if warp == 0:
         cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
         cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
-    parts = tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile, tile_mnk)
+    parts = tma_tile_partitions(tma_a, tma_mA, sA, tma_b, tma_mB, sB, row0, e, n_tile, tile_mnk, k0=k0)
     ab_pipe = make_ab_pipeline(barriers, stages, tx_bytes, consumer_warps)
     prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, stages)
     if warp == 0:
-        for _ in cutlass.range(min(stages, k_tiles), unroll=1):
+        first = min(stages, k_tiles) if isinstance(k_tiles, int) else cutlass.min(stages, k_tiles)
+        for _ in cutlass.range(first, unroll=1):
             load_ab_stage(ab_pipe, prod, tma_a, tma_b, parts)
             prod.advance()
     return ab_pipe, prod, parts
 
 
 @cute.jit
-def release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles: cutlass.Constexpr, tma_a, tma_b, parts):
+def release_and_refill(ab_pipe, release, prod, kt, warp, k_tiles, tma_a, tma_b, parts):
     """After ``wait_group(1)`` in k-tile ``kt``: the WGMMAs of k-tile kt-1 have read their stage,
     which goes back to the producer. Warp 0 refills that same stage only after its own release (it
     waits for every consumer warp's release): acquiring before any release, in k-tile 0, would deadlock
