@@ -122,9 +122,9 @@ def test_swapped_geometry_picks_the_measured_faster_form():
     """The launcher's geometry on an H200's 132 SMs for the decode rows sessions 15 and 19
     measured (top-6): without split K (MXFP8 tokens) narrow only where it was faster or level (pro
     T=6: 144 full-size CTAs, two rounds; flash T=12: level), decode elsewhere; with split K (bf16
-    tokens, the fused forward) pro T=6 takes the decode form with its last round split (FC1 119 us
-    against narrow's 126 split / 136 not); training from 160 tokens per expert (the session-13
-    crossover)."""
+    tokens, the fused forward) pro T=6 takes the decode form with its last round split (FC1 119 us,
+    109 with the batched reduction, against narrow's 126 split / 136 not); training from 160 tokens
+    per expert (the session-13 crossover)."""
     from cute_moe.kernels.sm90.mx_grouped_gemm import pick_geometry
 
     pro, flash = (384, 7168, 3072), (256, 4096, 2048)
@@ -239,3 +239,26 @@ def test_training_grid_writes_each_placed_tile_once(num_experts):
                 written.append(gap)
         assert sorted(written) == list(range(num_tiles))
         assert set(token_tiles) <= set(written)
+
+
+def test_split_workspace_keeps_counters_off_the_partials():
+    """Launches with different numbers of split tiles share one workspace in stream order: each
+    launch's counters end where the partials begin (``counter_cap``), so no launch's counters ever
+    sit on an earlier launch's partials (pro B=1's FC1 has 12 split tiles, its FC2 36). Modelled on
+    the host: counters must read zero at each launch's start; partials are garbage afterwards; the
+    last split of each tile puts its counter back to zero."""
+    from cute_moe.kernels.sm90.mx_grouped_gemm import SplitWorkspace, split_counter_bytes
+
+    ws = SplitWorkspace(4096, 1 << 16, lambda n: torch.zeros(n, dtype=torch.uint8))
+    base, mem = ws.buffer.data_ptr(), ws.buffer
+    for split_tiles, partial_bytes in [(12, 20000), (36, 60000), (12, 20000), (36, 60000), (1, 16), (1024, 100)]:
+        cb = split_counter_bytes(split_tiles)
+        assert ws.fits(cb, partial_bytes)
+        at = ws.address(cb) - base
+        assert at % 16 == 0 and at >= 0 and at + cb == ws.counter_cap
+        counters = mem[at : at + 4 * split_tiles]
+        assert int(counters.count_nonzero()) == 0, "a launch found non-zero counters"
+        mem[ws.counter_cap : ws.counter_cap + partial_bytes] = 0xAB  # the partials
+        counters.fill_(7)  # arrivals ...
+        counters.zero_()  # ... and the last split's reset
+    assert not ws.fits(split_counter_bytes(1025), 16) and not ws.fits(16, (1 << 16) + 1)

@@ -307,6 +307,27 @@ def test_decode_tail_split(decode):
     _check_gemm(y, adq, bdq, sizes, offsets)
 
 
+def test_split_launches_of_different_sizes_share_the_workspace():
+    """Split launches with different numbers of split tiles, alternating on one stream (FC1 then FC2
+    of a decode step, twice), each find their counters at zero: every output matches the reference
+    and the second step repeats the first one's bytes."""
+    sizes = [0, 1, 33, 130, 5, 0, 77, 32, 128, 3]
+    (aq, as_, adq), (bq, bs, bdq), offsets = _problem(sizes, 512, 1024, seed=29, spread=4)
+    (_, _, _), (bq2, bs2, bdq2), _ = _problem(sizes, 1536, 1024, seed=31, spread=4)
+    ad = dequantize_rowwise_kperm(aq, as_)
+    probs = torch.rand(sum(sizes), device="cuda")
+    fc1 = dict(swiglu=True, probs=probs, h_bf16=True, h_row=True, h_col=True, swizzled=True, _decode=2, _splits=2)
+    steps = []
+    for _ in range(2):
+        z = mx_grouped_gemm_sm90(None, None, bq, bs, offsets, a_dequant=ad, _poison=True, **fc1)
+        y = mx_grouped_gemm_sm90(None, None, bq2, bs2, offsets, a_dequant=ad, _poison=True, _decode=True, _splits=5)
+        steps.append((z, y))
+    _check_fc1(steps[0][0], sizes, adq, bdq, offsets, probs, True)
+    _check_gemm(steps[0][1], adq, bdq2, sizes, offsets)
+    _assert_same_bytes(steps[0][0], steps[1][0])
+    assert torch.equal(steps[0][1], steps[1][1])
+
+
 def test_decode_split_k_in_cuda_graph():
     """A split launch captured in a CUDA graph (its workspace zeroed inside the graph) and replayed
     twice gives the eager launch's bytes."""

@@ -876,20 +876,54 @@ def compiled_mx_grouped_gemm_kernel(n, k, flags=(False,) * 6, arch=None, keep_pt
                           lambda: _placeholder_args(flags[6], flags[7], flags[8]), arch or target_arch(), keep_ptx)
 
 
+class SplitWorkspace:
+    """One split-K workspace: ``counter_cap`` bytes of int32 arrival counters, then fp32 partials.
+    The kernel finds a launch's counters at the address it is given and the partials right after
+    them (:func:`split_counter_bytes` of the launch's split tiles), so the address handed over puts
+    the launch's counters at the *end* of the counter region: the partials then always start at
+    ``counter_cap``, and nothing but counters is ever written below it. Counters start at zero (the
+    buffer is zeroed when allocated) and every launch leaves them at zero (the last split of a tile
+    resets its counter; a tile without tokens never touches its own), so a launch may follow any
+    other in stream order, whatever its number of split tiles. (Counters placed at the start with
+    the partials after them, as first written, put a later launch's counters on an earlier one's
+    partials: a review caught it before any multi-launch test did.)"""
+
+    def __init__(self, counter_cap: int, nbytes: int, alloc):
+        self.counter_cap = counter_cap
+        self.buffer = alloc(counter_cap + nbytes)
+
+    def fits(self, counter_bytes: int, partial_bytes: int) -> bool:
+        return counter_bytes <= self.counter_cap and partial_bytes <= self.buffer.numel() - self.counter_cap
+
+    def address(self, counter_bytes: int) -> int:
+        """The kernel's ``partials`` argument for a launch with ``counter_bytes`` of counters."""
+        return self.buffer.data_ptr() + self.counter_cap - counter_bytes
+
+
 _SPLIT_WORKSPACES = {}
+_MAX_SPLIT_WORKSPACES = 8  # streams with a workspace kept; older ones are dropped (in stream order: safe)
 
 
-def split_workspace(dev, nbytes: int) -> torch.Tensor:
-    """The split-K workspace for launches on ``dev``'s current stream: its counters start at zero
-    and every launch leaves them at zero (the last split of a tile resets its counter), so one
-    zeroed buffer per (device, stream) serves every launch in stream order, grown as needed. During
-    CUDA graph capture a fresh one (zeroed inside the graph) that the graph keeps."""
-    if torch.cuda.is_current_stream_capturing():
-        return torch.zeros(nbytes, dtype=torch.uint8, device=dev)
+def split_workspace(dev, counter_bytes: int, partial_bytes: int) -> SplitWorkspace:
+    """The :class:`SplitWorkspace` for a split-K launch on ``dev``'s current stream: one per
+    (device, stream), zeroed, replaced by a larger one when a launch does not fit. During CUDA graph
+    capture a fresh one, zeroed inside the graph; the caller holds it until the launch is issued,
+    after which the graph's pool may hand its bytes to later captured work, which runs after the
+    kernel in stream order."""
+    alloc = lambda n: torch.zeros(n, dtype=torch.uint8, device=dev)  # noqa: E731
+    with torch.cuda.device(dev):
+        capturing = torch.cuda.is_current_stream_capturing()
+    if capturing:
+        return SplitWorkspace(counter_bytes, partial_bytes, alloc)
     key = (dev, stream_handle(dev))
-    ws = _SPLIT_WORKSPACES.get(key)
-    if ws is None or ws.numel() < nbytes:
-        ws = _SPLIT_WORKSPACES[key] = torch.zeros(max(nbytes, 1 << 20), dtype=torch.uint8, device=dev)
+    ws = _SPLIT_WORKSPACES.pop(key, None)
+    if ws is None or not ws.fits(counter_bytes, partial_bytes):
+        cap = max(counter_bytes, 4096 if ws is None else ws.counter_cap)
+        size = max(partial_bytes, 1 << 20 if ws is None else ws.buffer.numel() - ws.counter_cap)
+        ws = SplitWorkspace(cap, size, alloc)
+    _SPLIT_WORKSPACES[key] = ws  # most recent last
+    while len(_SPLIT_WORKSPACES) > _MAX_SPLIT_WORKSPACES:
+        _SPLIT_WORKSPACES.pop(next(iter(_SPLIT_WORKSPACES)))
     return ws
 
 
@@ -1019,7 +1053,7 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
             swapped_geometry(dev, n, k, tokens, num_experts, a_dequant is not None) if _decode is None
             else int(_decode))
         n_tiles = n // GEOMETRIES[decode][1]
-        splits, whole, partials = 1, 0, None
+        splits, whole, workspace, partials = 1, 0, None, 0
         if decode and a_dequant is not None:
             decode_tiles = n_tiles * filled_slots(tokens, num_experts)
             if _splits is not None and int(_splits) < 1:
@@ -1029,9 +1063,13 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
             if splits > 1:
                 per_split = THREADS * (GEOMETRIES[decode][1] // WARPGROUPS // 64) * 64 * 4
                 split_tiles = decode_tiles - whole
-                partials = split_workspace(dev, split_counter_bytes(split_tiles) + split_tiles * splits * per_split)
+                counter_bytes = split_counter_bytes(split_tiles)
+                workspace = split_workspace(dev, counter_bytes, split_tiles * splits * per_split)
+                partials = workspace.address(counter_bytes)
             else:
                 whole = decode_tiles
+        elif _splits is not None:
+            raise ValueError("_splits applies to the decode forms on a_dequant tokens only")
         units = grid_rows(tokens, num_experts, decode, True, n_tiles, splits, whole if decode else None)
         if b_dequant is None and units > 65535:  # units run along grid y
             raise ValueError(f"{tokens} tokens over {num_experts} experts need {units} CTA rows "
@@ -1048,7 +1086,7 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         # ctas, splits, whole, stream
         launch(kern, "p" * 13 + "iiiiii" + "s", addr(a_q if a_dequant is None else a_dequant), addr(a_s),
                addr(b_q if b_dequant is None else b_dequant), addr(b_s), addr(offsets), addr(out), addr(probs),
-               addr(h), addr(hq_row), addr(hs_row), addr(hq_col), addr(hs_col), addr(partials), tokens, num_experts,
+               addr(h), addr(hq_row), addr(hs_row), addr(hq_col), addr(hs_col), partials, tokens, num_experts,
                tiles, ctas, splits, whole, stream_handle(dev))
     if not swiglu:
         return out
