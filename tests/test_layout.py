@@ -122,9 +122,9 @@ def test_swapped_geometry_picks_the_measured_faster_form():
     """The launcher's geometry on an H200's 132 SMs for the decode rows sessions 15 and 19
     measured (top-6): without split K (MXFP8 tokens) narrow only where it was faster or level (pro
     T=6: 144 full-size CTAs, two rounds; flash T=12: level), decode elsewhere; with split K (bf16
-    tokens, the fused forward) pro T=6 takes the decode form with its last round split (FC1 119 us,
-    109 with the batched reduction, against narrow's 126 split / 136 not); training from 160 tokens
-    per expert (the session-13 crossover)."""
+    tokens, the fused forward) pro T=6 takes the decode form with its last round split (FC1 109 us
+    against the narrow form's 136 unsplit); training from 160 tokens per expert (the session-13
+    crossover)."""
     from cute_moe.kernels.sm90.mx_grouped_gemm import pick_geometry
 
     pro, flash = (384, 7168, 3072), (256, 4096, 2048)

@@ -145,8 +145,8 @@ MAX_SPLITS = 8
 MIN_PAIRS_PER_SPLIT = 4  # k-tile pairs (the bf16-token mainloop's step) per split at least
 # what a split last round costs, in full decode rounds, in either form (session 19, H200, pro B=1
 # FC1: the decode form 149 us whole (two rounds), 109 us with its 12 last tiles in 8 splits; the
-# narrow form 136 whole, 126 split, measured before the reduction's loads were batched): mostly
-# fixed cost (pipeline fill, the partials' round trip, the epilogue), not the split's share of K
+# narrow form 136 whole, its split not validly measured yet): mostly fixed cost (pipeline fill,
+# the partials' round trip, the epilogue), not the split's share of K
 SPLIT_TAIL_COST = 0.45
 
 
