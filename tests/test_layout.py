@@ -262,3 +262,29 @@ def test_split_workspace_keeps_counters_off_the_partials():
         counters.fill_(7)  # arrivals ...
         counters.zero_()  # ... and the last split's reset
     assert not ws.fits(split_counter_bytes(1025), 16) and not ws.fits(16, (1 << 16) + 1)
+
+
+def test_split_workspace_growth_and_streams(monkeypatch):
+    """One workspace per stream, reused while a launch fits; a launch with more counters or more
+    partials gets a zeroed larger one keeping the other dimension; at most 8 streams are kept.
+    (Host side only: CPU tensors stand in for the device buffers.)"""
+    import contextlib
+
+    from cute_moe.kernels.sm90 import mx_grouped_gemm as mx
+
+    stream = [1]
+    monkeypatch.setattr(mx, "stream_handle", lambda dev: stream[0])
+    monkeypatch.setattr(torch.cuda, "device", lambda dev: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(mx, "_SPLIT_WORKSPACES", {})
+    dev = torch.device("cpu")
+    a = mx.split_workspace(dev, 48, 1000)
+    assert mx.split_workspace(dev, 144, 1 << 20) is a  # fits: the same buffer
+    b = mx.split_workspace(dev, 8192, 16)  # more counters: cap grows, partial room kept
+    assert b is not a and b.counter_cap == 8192 and b.buffer.numel() - b.counter_cap == 1 << 20
+    c = mx.split_workspace(dev, 16, (1 << 20) + 1)  # more partials: cap kept
+    assert c.counter_cap == 8192 and int(c.buffer.count_nonzero()) == 0
+    for s in range(2, 11):  # nine more streams: the oldest ones are dropped
+        stream[0] = s
+        assert mx.split_workspace(dev, 16, 16) is not c
+    assert len(mx._SPLIT_WORKSPACES) == 8 and (dev, 1) not in mx._SPLIT_WORKSPACES
