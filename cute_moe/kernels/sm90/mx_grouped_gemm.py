@@ -213,6 +213,12 @@ def split_counter_bytes(split_tiles):
     return (split_tiles * 4 + 15) // 16 * 16
 
 
+def split_part_bytes(tile_n: int) -> int:
+    """fp32 partials of one split of one tile: every thread's 64 accumulators per 64-row WGMMA
+    block (tile_n / 64 blocks over the warpgroups)."""
+    return THREADS * (tile_n // WARPGROUPS // 64) * 64 * 4
+
+
 def gap_groups(num_experts):
     """Gap-code CTAs per N tile of the decode grid: one per GAP_GROUP experts."""
     return (num_experts + GAP_GROUP - 1) // GAP_GROUP
@@ -697,7 +703,7 @@ class MXGroupedGemmSm90Kernel:
         parts = cutlass.select_(split_tile >= 0, splits, Int32(1))
         pairs = self.k_tiles // 2
         p0 = z * pairs // parts
-        per_split = THREADS * self.blocks * 64 * 4
+        per_split = split_part_bytes(self.tile_n)
         at = Int64(cutlass.max(split_tile, Int32(0)))
         base = partials.toint() + split_counter_bytes(tiles - whole) + at * parts * per_split
         return 2 * p0, 2 * ((z + 1) * pairs // parts - p0), z, parts, base, per_split, partials.toint() + at * 4, flag
@@ -991,7 +997,7 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
     persistent grid in clusters, fewer than the GPU holds (each CTA then walks more tiles).
     ``_decode`` (tests): the swapped forms' geometry (an index into GEOMETRIES; False / True:
     training / decode), instead of the launcher's choice (:func:`swapped_geometry`). ``_splits``
-    (tests): split K for every tile of the decode forms on ``a_dequant`` in this many parts (1: none)
+    (tests, with ``_decode`` and ``a_dequant``): split K for every tile in this many parts (1: none)
     instead of the launcher's choice (:func:`tail_splits`: only a short last round's tiles).
     """
     if offsets.dtype != torch.int32 or offsets.dim() != 1:
@@ -1023,6 +1029,9 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         raise ValueError("probs and h outputs need swiglu=True")
     if h_row and h_dequant:
         raise ValueError("ask for h_row (MXFP8) or h_dequant (its bf16 dequantization), not both")
+    if _splits is not None and (int(_splits) < 1 or not _decode or a_dequant is None or b_dequant is not None):
+        raise ValueError(f"_splits (>= 1, got {_splits}) applies to a forced decode form (_decode) on a_dequant "
+                         "tokens with MXFP8 weights")
     dev = (b_q if b_dequant is None else b_dequant).device
     operands = dict(a_q=a_q, a_s=a_s, a_dequant=a_dequant, b_q=b_q, b_s=b_s, b_dequant=b_dequant, offsets=offsets,
                     probs=probs)
@@ -1056,20 +1065,16 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
         splits, whole, workspace, partials = 1, 0, None, 0
         if decode and a_dequant is not None:
             decode_tiles = n_tiles * filled_slots(tokens, num_experts)
-            if _splits is not None and int(_splits) < 1:
-                raise ValueError(f"_splits must be >= 1, got {_splits}")
             splits, whole = (tail_splits(sm_count(dev), decode_tiles, k // TILE_K) if _splits is None else
                              (min(int(_splits), k // TILE_K // 2), 0))
             if splits > 1:
-                per_split = THREADS * (GEOMETRIES[decode][1] // WARPGROUPS // 64) * 64 * 4
                 split_tiles = decode_tiles - whole
                 counter_bytes = split_counter_bytes(split_tiles)
-                workspace = split_workspace(dev, counter_bytes, split_tiles * splits * per_split)
+                workspace = split_workspace(dev, counter_bytes,
+                                            split_tiles * splits * split_part_bytes(GEOMETRIES[decode][1]))
                 partials = workspace.address(counter_bytes)
             else:
                 whole = decode_tiles
-        elif _splits is not None:
-            raise ValueError("_splits applies to the decode forms on a_dequant tokens only")
         units = grid_rows(tokens, num_experts, decode, True, n_tiles, splits, whole if decode else None)
         if b_dequant is None and units > 65535:  # units run along grid y
             raise ValueError(f"{tokens} tokens over {num_experts} experts need {units} CTA rows "
