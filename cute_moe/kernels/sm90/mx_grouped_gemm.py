@@ -181,17 +181,14 @@ def pick_geometry(sms: int, n: int, k: int, tokens: int, num_experts: int, split
     return 2 if cost(2 * tiles, NARROW_ROUND_COST) < cost(tiles, 1.0) else 1
 
 
-def grid_rows(tokens, num_experts, geometry: int, gap_codes: bool = True, n_tiles=1, splits=1, whole=None):
+def grid_rows(tokens, num_experts, geometry: int, gap_codes: bool = True, n_tiles=1, splits=1, whole=0):
     """Launch grid rows (y) of the swapped kernels: training, one per placed 256-token unit,
     ceil(T / 256) + E - 1; the decode forms, the filled tile slots (over ``n_tiles`` N tiles, the
     tiles after the first ``whole`` ``splits`` CTAs each: :func:`tail_splits`), then FC1's gap-code
     CTAs (host ints, or Int32 in the kernel; the host checks the bound with ``gap_codes``)."""
     if geometry:
-        slots = filled_slots(tokens, num_experts)
-        rows = slots
-        if whole is not None:
-            tiles = n_tiles * slots
-            rows = (whole + (tiles - whole) * splits + n_tiles - 1) // n_tiles
+        tiles = n_tiles * filled_slots(tokens, num_experts)  # (the defaults: the slots, unsplit)
+        rows = (whole + (tiles - whole) * splits + n_tiles - 1) // n_tiles
         return rows + (gap_groups(num_experts) if gap_codes else 0)
     unit = TILE_TOKENS * TRAIN_GEOMETRY[0]
     return (tokens + unit - 1) // unit + num_experts - 1
@@ -1075,7 +1072,7 @@ def mx_grouped_gemm_sm90(a_q, a_s, b_q, b_s, offsets, *, swiglu=False, probs=Non
                 partials = workspace.address(counter_bytes)
             else:
                 whole = decode_tiles
-        units = grid_rows(tokens, num_experts, decode, True, n_tiles, splits, whole if decode else None)
+        units = grid_rows(tokens, num_experts, decode, True, n_tiles, splits, whole)
         if b_dequant is None and units > 65535:  # units run along grid y
             raise ValueError(f"{tokens} tokens over {num_experts} experts need {units} CTA rows "
                              f"({TILE_TOKENS * GEOMETRIES[decode][0]}-token units), more than 65535")
