@@ -55,6 +55,14 @@ DENSE_RASTER_BAND = 16
 # warpgroup 2 freed: asking for more than 384 x 168 in total waits forever.
 DENSE_REGS = {False: (232, 40), True: (200, 104)}
 EPI_THREADS = 96
+# FC2's full tiles leave by TMA stores of 128 x 32 sub-tiles from a ring of EPI_STAGES in shared
+# memory (the 16 KB of FC1's h tile grow to 32 KB: 4 x 48 KB stages + 32 KB fit the 227 KB): the
+# consumers only convert and stage each sub-tile (stmatrix) and go on, where their own 16-byte
+# stores of 8 rows per warp kept the tensor cores waiting (bench_ab, session 20, H200: with the
+# stores skipped, dsv3's FC2 took 7.6% less time, qwen3's shape 21% less). FC1 keeps those stores:
+# its epilogue warps read z back from global memory right after.
+EPI_SUBTILE = (TILE_M, 32)
+EPI_STAGES = 4
 for _c, _p in DENSE_REGS.values():
     assert WARPGROUPS * 128 * _c + 128 * _p <= (THREADS + 128) * 168
 
@@ -83,27 +91,33 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         tma_a, tma_mA = token_tma_atom(a, tokens, self.k, cute.slice_(a_smem, (None, None, 0)), TILE_M, TILE_K)
         tma_b, tma_mB = weight_tma_atom(b, self.n, self.k, num_experts, cute.slice_(b_smem, (None, None, 0)),
                                         TILE_N, TILE_K, DENSE_CLUSTER)
+        epi_smem = sm90_utils.make_smem_layout_epi(BFloat16, row_major, EPI_SUBTILE, EPI_STAGES)
+        tma_out, tma_mOut = token_tma_atom(out, tokens, self.n, cute.slice_(epi_smem, (None, None, 0)), *EPI_SUBTILE,
+                                           store=True)
+        epi_bytes = H_TILE_BYTES if self.swiglu else cute.cosize(epi_smem) * 2
 
         @cute.struct
         class SharedStorage:
             sA: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(a_smem)], 1024]
             sB: cute.struct.Align[cute.struct.MemRange[BFloat16, cute.cosize(b_smem)], 1024]
-            # FC1's epilogue warpgroup stages the 128x128 h tile here for the MXFP8 passes
-            sEpi: cute.struct.Align[cute.struct.MemRange[Uint8, H_TILE_BYTES], 128]
+            # FC1's epilogue warps stage the 128x128 h tile here for the MXFP8 passes; FC2's
+            # consumers, the ring of output sub-tiles
+            sEpi: cute.struct.Align[cute.struct.MemRange[Uint8, epi_bytes], 1024]
             bars: cute.struct.MemRange[cutlass.Int64, DENSE_STAGES * 2]
 
         self.shared_storage = SharedStorage
-        self.kernel_dense(tma_a, tma_mA, tma_b, tma_mB, offsets, out, probs, h, hq_row, hs_row,
-                          hq_col, hs_col, tokens, num_experts, num_tiles, mma, a_smem, b_smem).launch(
+        self.kernel_dense(tma_a, tma_mA, tma_b, tma_mB, tma_out, tma_mOut, offsets, out, probs, h, hq_row, hs_row,
+                          hq_col, hs_col, tokens, num_experts, num_tiles, mma, a_smem, b_smem, epi_smem).launch(
             grid=[ctas, 1, 1], block=[THREADS + 128, 1, 1], cluster=[DENSE_CLUSTER, 1, 1], stream=stream,
             min_blocks_per_mp=1)
 
     @cute.kernel
     def kernel_dense(self, tma_a: cute.CopyAtom, tma_mA: cute.Tensor, tma_b: cute.CopyAtom, tma_mB: cute.Tensor,
-                     offsets: cute.Pointer, out: cute.Pointer, probs: cute.Pointer, h: cute.Pointer,
+                     tma_out: cute.CopyAtom, tma_mOut: cute.Tensor, offsets: cute.Pointer, out: cute.Pointer, probs: cute.Pointer, h: cute.Pointer,
                      hq_row: cute.Pointer, hs_row: cute.Pointer, hq_col: cute.Pointer, hs_col: cute.Pointer,
                      tokens: Int32, num_experts: Int32, num_tiles: Int32,
-                     tiled_mma: cute.TiledMma, a_smem: cute.ComposedLayout, b_smem: cute.ComposedLayout):
+                     tiled_mma: cute.TiledMma, a_smem: cute.ComposedLayout, b_smem: cute.ComposedLayout,
+                     epi_smem: cute.ComposedLayout):
         """Persistent and warp-specialized: warpgroups 0-1 multiply and store the tile from the
         accumulators, warp 8 (warpgroup 2) only issues TMA loads, so the ring refills for the next
         tile meanwhile. FC1: warps 9-11 compute h from the stored bf16 z and run the MXFP8 passes
@@ -186,12 +200,23 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
             _, tCrA, tCrB, acc, k_blocks = mma_partitions(tiled_mma, sA, sB, tidx, (TILE_M, TILE_N))
             tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
             read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, DENSE_STAGES)
+            sOut = storage.sEpi.get_tensor(epi_smem.outer, swizzle=epi_smem.inner, dtype=BFloat16)
+            subtiles = Int32(0)  # FC2's output sub-tiles staged so far: the ring's position
             u = u_first
             while u < u_end:
                 n_tile, e, row0, rows, first_rows, tile, has_tile = self.dense_unit(u, where)
                 if rows > 0:
                     read = wgmma_ss_consume(tiled_mma, acc, tCrA, tCrB, k_blocks, ab_pipe, read, self.k_tiles)
-                    store_acc_rows(acc, out, self.n, n_tile, row0, rows, tidx)
+                    if cutlass.const_expr(self.swiglu):
+                        store_acc_rows(acc, out, self.n, n_tile, row0, rows, tidx)
+                    else:
+                        # a TMA store writes whole boxes: only a tile whose rows all belong to the
+                        # expert (at most one per expert is partial)
+                        if rows == TILE_M:
+                            subtiles = store_acc_tma(acc, tiled_mma, sOut, tma_out, tma_mOut, n_tile, row0, tidx,
+                                                     subtiles)
+                        else:
+                            store_acc_rows(acc, out, self.n, n_tile, row0, rows, tidx)
                 elif first_rows > 0:
                     # the peer's tile: pass its stages through (released in both CTAs), no math
                     for kt in cutlass.range(self.k_tiles, unroll=1):
@@ -206,6 +231,8 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
                 u += u_step
             if cutlass.const_expr(self.swiglu):
                 z_taken.arrive_and_wait()  # the epilogue warps' last "taken"
+            elif tidx == 0:
+                cute.arch.cp_async_bulk_wait_group(0, read=False)  # the ring is read before the CTA exits
         # the peer CTA's consumers arrive on this CTA's empty barriers until they are done
         cute.arch.cluster_arrive()
         cute.arch.cluster_wait()
@@ -280,6 +307,45 @@ def store_acc_rows(acc, dst: cute.Pointer, dst_cols: cutlass.Constexpr, n_tile, 
         for jb in cutlass.range_constexpr(TILE_N // 32):
             words = [f32_to_bf16x2(acc[4 * j + 2 * i], acc[4 * j + 2 * i + 1]) for j in range(4 * jb, 4 * jb + 4)]
             st_global(base + 64 * jb, quad_transpose(words, q), r < rows)
+
+
+@cute.jit
+def store_acc_tma(acc, tiled_mma, s_out, tma_out, tma_mOut, n_tile, row0, tidx, count):
+    """The 128x256 fp32 tile (all of its rows the expert's) -> bf16 rows ``row0 ..`` of the output, N
+    tile ``n_tile``, as 8 sub-tiles of 128 x 32: each converted and staged by stmatrix into the
+    ring ``s_out`` (EPI_STAGES deep, position ``count``), then stored by one TMA from thread 0, which
+    before that waits until the stage the next sub-tile takes has been read by its last store (all
+    consumers pass a named barrier between). Returns the ring's new position."""
+    row_major = cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
+    st_atom = sm90_utils.get_smem_store_op(row_major, BFloat16, Float32)
+    r2s = cute.make_tiled_copy_S(st_atom, cute.make_tiled_copy_C_atom(st_atom, tiled_mma))
+    thr_r2s = r2s.get_slice(tidx)
+    tRS_acc = r2s.retile(acc)
+    tRS_s = thr_r2s.partition_D(s_out)  # (R2S, R2S_M, R2S_N, stage)
+    sub_shape = cute.shape(thr_r2s.partition_S(s_out))[:3]
+    sub_f32 = cute.make_rmem_tensor(sub_shape, Float32)
+    sub_bf16 = cute.make_rmem_tensor(sub_shape, BFloat16)
+    per_sub = cute.size(sub_f32)
+    g_out = cute.local_tile(cute.domain_offset((row0, n_tile * TILE_N), tma_mOut), EPI_SUBTILE, (0, None))
+    bSG_s, bSG_g = cute.nvgpu.cpasync.tma_partition(tma_out, 0, cute.make_layout(1), cute.group_modes(s_out, 0, 2),
+                                                    cute.group_modes(g_out, 0, 2))
+    bar = pipeline.NamedBarrier(barrier_id=4, num_threads=THREADS)
+    for i in cutlass.range_constexpr(TILE_N // EPI_SUBTILE[1]):
+        stage = (count + i) % EPI_STAGES
+        # the accumulators of sub-tile i are the i-th run of per_sub in the copy's order
+        for v in cutlass.range_constexpr(per_sub):
+            sub_f32[v] = tRS_acc[i * per_sub + v]
+        sub_bf16.store(sub_f32.load().to(BFloat16))
+        cute.copy(r2s, sub_bf16, tRS_s[(None, None, None, stage)])
+        cute.arch.fence_proxy("async.shared", space="cta")  # stmatrix writes -> visible to the TMA
+        if tidx == 0:
+            # at most EPI_STAGES - 2 stores in flight: the stage of sub-tile i + 1 is free
+            cute.arch.cp_async_bulk_wait_group(EPI_STAGES - 2, read=True)
+        bar.arrive_and_wait()
+        if tidx == 0:  # one thread (bulk groups are per thread; a warp would store the box 32 times)
+            cute.copy(tma_out, bSG_s[(None, stage)], bSG_g[(None, i)])
+            cute.arch.cp_async_bulk_commit_group()
+    return count + TILE_N // EPI_SUBTILE[1]
 
 
 @functools.lru_cache(maxsize=None)

@@ -264,12 +264,13 @@ def make_tiled_mma_bf16(warpgroups: int, tile_n: int, a_in_registers: bool = Fal
         Float32, (warpgroups, 1, 1), tiler_mn=(64, tile_n), a_source=src)
 
 
-def token_tma_atom(a, tokens, k: int, a_stage, box_rows: int, box_k: int):
+def token_tma_atom(a, tokens, k: int, a_stage, box_rows: int, box_k: int, store: bool = False):
     """TMA descriptor for the token operand a over [T, K] (T dynamic; rows >= T read as zeros) in
-    ``box_rows`` x ``box_k`` boxes into the stage layout ``a_stage``. Returns (tma_a, tma_mA)."""
+    ``box_rows`` x ``box_k`` boxes into the stage layout ``a_stage``; with ``store``, for stores of
+    such boxes from it into a token-major output [T, K] instead. Returns (tma_a, tma_mA)."""
     mA = cute.make_tensor(a, cute.make_layout((tokens, k), stride=(k, 1)))
-    return cute.nvgpu.cpasync.make_tiled_tma_atom(cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp(), mA, a_stage,
-                                                  (box_rows, box_k))
+    op = cute.nvgpu.cpasync.CopyBulkTensorTileS2GOp() if store else cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp()
+    return cute.nvgpu.cpasync.make_tiled_tma_atom(op, mA, a_stage, (box_rows, box_k))
 
 
 def weight_tma_atom(b, n: int, k: int, num_experts, b_stage, box_n: int, box_k: int, multicast: int = 1):
