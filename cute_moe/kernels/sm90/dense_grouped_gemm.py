@@ -8,9 +8,10 @@ WGMMAs), both from a 4-stage TMA ring, no conversion. Twice the weight bytes of 
 so only where each weight tile serves several token tiles (bench/RESULTS.md, sessions 7 and 9).
 
 - Persistent (one CTA per SM) and warp-specialized: a producer warp keeps the ring full while the
-  consumer warpgroups store the tile straight from the accumulators; FC1 hands the SwiGLU and the
-  MXFP8 passes to the producer's three idle warps, so that the tensor cores wait only for the z
-  stores.
+  consumer warpgroups store the tile: FC2 stages it in 128 x 32 sub-tiles for TMA stores
+  (``store_acc_tma``; a tile partly past its expert's tokens, straight from the accumulators), FC1
+  stores z straight from the accumulators and hands the SwiGLU and the MXFP8 passes to the
+  producer's three idle warps, so that the tensor cores wait only for the z stores.
 - 2-CTA clusters take two token tiles of one expert and load their shared weight tile once (TMA
   multicast): the bf16 mainloop waits on its operands from L2 (ncu, session 10: L2 at 85% of its
   throughput, 46% hits).
@@ -118,8 +119,8 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
                      tokens: Int32, num_experts: Int32, num_tiles: Int32,
                      tiled_mma: cute.TiledMma, a_smem: cute.ComposedLayout, b_smem: cute.ComposedLayout,
                      epi_smem: cute.ComposedLayout):
-        """Persistent and warp-specialized: warpgroups 0-1 multiply and store the tile from the
-        accumulators, warp 8 (warpgroup 2) only issues TMA loads, so the ring refills for the next
+        """Persistent and warp-specialized: warpgroups 0-1 multiply and store the tile (FC2: by TMA
+        from a ring of staged sub-tiles where the tile is full), warp 8 (warpgroup 2) only issues TMA loads, so the ring refills for the next
         tile meanwhile. FC1: warps 9-11 compute h from the stored bf16 z and run the MXFP8 passes
         while the consumers go on to the next tile (``epilogue_swiglu``).
 
