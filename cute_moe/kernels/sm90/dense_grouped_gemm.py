@@ -57,13 +57,14 @@ DENSE_RASTER_BAND = 16
 DENSE_REGS = {False: (232, 40), True: (200, 104)}
 EPI_THREADS = 96
 # FC2's full tiles leave by TMA stores of 128 x 32 sub-tiles from a ring of EPI_STAGES in shared
-# memory (the 16 KB of FC1's h tile grow to 32 KB: 4 x 48 KB stages + 32 KB fit the 227 KB): the
-# consumers only convert and stage each sub-tile (stmatrix) and go on, where their own 16-byte
-# stores of 8 rows per warp kept the tensor cores waiting (bench_ab, session 20, H200: with the
-# stores skipped, dsv3's FC2 took 7.6% less time, qwen3's shape 21% less). FC1 keeps those stores:
-# its epilogue warps read z back from global memory right after.
+# memory (32 KB where FC1 stages its 34 KB h tile): the consumers only convert and stage each
+# sub-tile (stmatrix) and go on, where their own 16-byte stores of 8 rows per warp kept the tensor
+# cores waiting (bench_ab, session 20, H200: qwen3-size FC2 212 -> 199 us; dsv3's and mixtral's
+# unchanged). FC1 keeps those stores: its epilogue warps read z back from global memory right after.
 EPI_SUBTILE = (TILE_M, 32)
 EPI_STAGES = 4
+# a tile's sub-tiles fill the ring a whole number of times: sub-tile i always takes stage i % 4
+assert (TILE_N // EPI_SUBTILE[1]) % EPI_STAGES == 0
 for _c, _p in DENSE_REGS.values():
     assert WARPGROUPS * 128 * _c + 128 * _p <= (THREADS + 128) * 168
 
@@ -95,7 +96,7 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         epi_smem = sm90_utils.make_smem_layout_epi(BFloat16, row_major, EPI_SUBTILE, EPI_STAGES)
         tma_out, tma_mOut = token_tma_atom(out, tokens, self.n, cute.slice_(epi_smem, (None, None, 0)), *EPI_SUBTILE,
                                            store=True)
-        epi_bytes = H_TILE_BYTES if self.swiglu else cute.cosize(epi_smem) * 2
+        epi_bytes = H_TILE_BYTES if self.swiglu else cute.cosize(epi_smem) * 2  # FC1: h tile; FC2: the ring
 
         @cute.struct
         class SharedStorage:
@@ -107,22 +108,24 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
             bars: cute.struct.MemRange[cutlass.Int64, DENSE_STAGES * 2]
 
         self.shared_storage = SharedStorage
-        self.kernel_dense(tma_a, tma_mA, tma_b, tma_mB, tma_out, tma_mOut, offsets, out, probs, h, hq_row, hs_row,
-                          hq_col, hs_col, tokens, num_experts, num_tiles, mma, a_smem, b_smem, epi_smem).launch(
+        self.kernel_dense(tma_a, tma_mA, tma_b, tma_mB, tma_out, tma_mOut, offsets, out, probs, h, hq_row,
+                          hs_row, hq_col, hs_col, tokens, num_experts, num_tiles, mma, a_smem, b_smem,
+                          epi_smem).launch(
             grid=[ctas, 1, 1], block=[THREADS + 128, 1, 1], cluster=[DENSE_CLUSTER, 1, 1], stream=stream,
             min_blocks_per_mp=1)
 
     @cute.kernel
     def kernel_dense(self, tma_a: cute.CopyAtom, tma_mA: cute.Tensor, tma_b: cute.CopyAtom, tma_mB: cute.Tensor,
-                     tma_out: cute.CopyAtom, tma_mOut: cute.Tensor, offsets: cute.Pointer, out: cute.Pointer, probs: cute.Pointer, h: cute.Pointer,
-                     hq_row: cute.Pointer, hs_row: cute.Pointer, hq_col: cute.Pointer, hs_col: cute.Pointer,
-                     tokens: Int32, num_experts: Int32, num_tiles: Int32,
+                     tma_out: cute.CopyAtom, tma_mOut: cute.Tensor, offsets: cute.Pointer, out: cute.Pointer,
+                     probs: cute.Pointer, h: cute.Pointer, hq_row: cute.Pointer, hs_row: cute.Pointer,
+                     hq_col: cute.Pointer, hs_col: cute.Pointer, tokens: Int32, num_experts: Int32, num_tiles: Int32,
                      tiled_mma: cute.TiledMma, a_smem: cute.ComposedLayout, b_smem: cute.ComposedLayout,
                      epi_smem: cute.ComposedLayout):
         """Persistent and warp-specialized: warpgroups 0-1 multiply and store the tile (FC2: by TMA
-        from a ring of staged sub-tiles where the tile is full), warp 8 (warpgroup 2) only issues TMA loads, so the ring refills for the next
-        tile meanwhile. FC1: warps 9-11 compute h from the stored bf16 z and run the MXFP8 passes
-        while the consumers go on to the next tile (``epilogue_swiglu``).
+        from a ring of staged sub-tiles where the tile is full), warp 8 (warpgroup 2) only issues TMA
+        loads, so the ring refills for the next tile meanwhile. FC1: warps 9-11 compute h from the
+        stored bf16 z and run the MXFP8 passes while the consumers go on to the next tile
+        (``epilogue_swiglu``).
 
         The two CTAs of a cluster take two consecutive 128-token tiles of one expert with the same N
         tile, a *unit*, and share its weight tile: each loads half and multicasts it (the mainloop
@@ -134,11 +137,11 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
         (gap units, empty experts), so that every cluster gets the same number of units with tokens.
         (In placement order the gap units fell unevenly on the clusters: per-unit timestamps,
         bench/RESULTS.md session 19, showed dsv3's clusters drifting up to three units apart, which
-        spreads the units in flight over more operand tiles than L2 holds.) When only the first tile of a unit holds tokens, the peer still loads its half of the
-        weight tile (and a token tile it does not use) and its consumers release the stages unread:
-        every CTA's ring sees the same stages, and every consumer warp releases each of them in both
-        CTAs. (Clusters of 4, session 11, read 24 KB per k-tile, but only 30 fit on the H200's 132
-        SMs: 5% slower.)"""
+        spreads the units in flight over more operand tiles than L2 holds.) When only the first tile
+        of a unit holds tokens, the peer still loads its half of the weight tile (and a token tile it
+        does not use) and its consumers release the stages unread: every CTA's ring sees the same
+        stages, and every consumer warp releases each of them in both CTAs. (Clusters of 4, session
+        11, read 24 KB per k-tile, but only 30 fit on the H200's 132 SMs: 5% slower.)"""
         tidx, _, _ = cute.arch.thread_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         lane = tidx % 32
@@ -170,6 +173,8 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
             if warp == THREADS // 32:
                 cute.nvgpu.cpasync.prefetch_descriptor(tma_a)
                 cute.nvgpu.cpasync.prefetch_descriptor(tma_b)
+                if cutlass.const_expr(not self.swiglu):
+                    cute.nvgpu.cpasync.prefetch_descriptor(tma_out)
                 prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, DENSE_STAGES)
                 u = u_first
                 while u < u_end:
@@ -202,7 +207,6 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
             tiled_mma.set(cute.nvgpu.warpgroup.Field.ACCUMULATE, True)
             read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, DENSE_STAGES)
             sOut = storage.sEpi.get_tensor(epi_smem.outer, swizzle=epi_smem.inner, dtype=BFloat16)
-            subtiles = Int32(0)  # FC2's output sub-tiles staged so far: the ring's position
             u = u_first
             while u < u_end:
                 n_tile, e, row0, rows, first_rows, tile, has_tile = self.dense_unit(u, where)
@@ -214,8 +218,7 @@ class DenseGroupedGemmSm90Kernel(MXGroupedGemmSm90Kernel):
                         # a TMA store writes whole boxes: only a tile whose rows all belong to the
                         # expert (at most one per expert is partial)
                         if rows == TILE_M:
-                            subtiles = store_acc_tma(acc, tiled_mma, sOut, tma_out, tma_mOut, n_tile, row0, tidx,
-                                                     subtiles)
+                            store_acc_tma(acc, tiled_mma, sOut, tma_out, tma_mOut, n_tile, row0, tidx)
                         else:
                             store_acc_rows(acc, out, self.n, n_tile, row0, rows, tidx)
                 elif first_rows > 0:
@@ -311,12 +314,12 @@ def store_acc_rows(acc, dst: cute.Pointer, dst_cols: cutlass.Constexpr, n_tile, 
 
 
 @cute.jit
-def store_acc_tma(acc, tiled_mma, s_out, tma_out, tma_mOut, n_tile, row0, tidx, count):
+def store_acc_tma(acc, tiled_mma, s_out, tma_out, tma_mOut, n_tile, row0, tidx):
     """The 128x256 fp32 tile (all of its rows the expert's) -> bf16 rows ``row0 ..`` of the output, N
-    tile ``n_tile``, as 8 sub-tiles of 128 x 32: each converted and staged by stmatrix into the
-    ring ``s_out`` (EPI_STAGES deep, position ``count``), then stored by one TMA from thread 0, which
-    before that waits until the stage the next sub-tile takes has been read by its last store (all
-    consumers pass a named barrier between). Returns the ring's new position."""
+    tile ``n_tile``, as 8 sub-tiles of 128 x 32: each converted and staged by stmatrix into stage
+    i % EPI_STAGES of the ring ``s_out``, then stored by one TMA from thread 0, which before that
+    waits until the stage the next sub-tile takes has been read by its last store (all consumers
+    pass a named barrier between; the wait spans tiles: bulk groups are per thread)."""
     row_major = cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
     st_atom = sm90_utils.get_smem_store_op(row_major, BFloat16, Float32)
     r2s = cute.make_tiled_copy_S(st_atom, cute.make_tiled_copy_C_atom(st_atom, tiled_mma))
@@ -332,7 +335,7 @@ def store_acc_tma(acc, tiled_mma, s_out, tma_out, tma_mOut, n_tile, row0, tidx, 
                                                     cute.group_modes(g_out, 0, 2))
     bar = pipeline.NamedBarrier(barrier_id=4, num_threads=THREADS)
     for i in cutlass.range_constexpr(TILE_N // EPI_SUBTILE[1]):
-        stage = (count + i) % EPI_STAGES
+        stage = i % EPI_STAGES
         # the accumulators of sub-tile i are the i-th run of per_sub in the copy's order
         for v in cutlass.range_constexpr(per_sub):
             sub_f32[v] = tRS_acc[i * per_sub + v]
@@ -346,7 +349,6 @@ def store_acc_tma(acc, tiled_mma, s_out, tma_out, tma_mOut, n_tile, row0, tidx, 
         if tidx == 0:  # one thread (bulk groups are per thread; a warp would store the box 32 times)
             cute.copy(tma_out, bSG_s[(None, stage)], bSG_g[(None, i)])
             cute.arch.cp_async_bulk_commit_group()
-    return count + TILE_N // EPI_SUBTILE[1]
 
 
 @functools.lru_cache(maxsize=None)
