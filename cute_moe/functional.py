@@ -194,7 +194,8 @@ class _FusedSm90Ops(_CudaOps):
         """kwargs for the GEMM's weight operand: MXFP8 (b_q, b_s), or b_dequant when dense."""
         e, n, k = w.shape
         if self.dense_weights(tokens, e):
-            b_dequant = self._cached(w, "row_dequant_kperm", lambda: self._weight_row_mx(w, row_dequant=True).view(e, n, k))
+            b_dequant = self._cached(w, "row_dequant_kperm",
+                                     lambda: self._weight_row_mx(w, row_dequant=True).view(e, n, k))
             return dict(b_q=None, b_s=None, b_dequant=b_dequant)
         wq, ws = self._cached(w, "row_mx", lambda: self._weight_mx(w))
         return dict(b_q=wq, b_s=ws)

@@ -31,7 +31,7 @@ import torch
 from cutlass.base_dsl.compiler import DumpDir
 from cutlass.cute.runtime import make_ptr
 
-from .._cuda import capability, device_index, sm_count, stream_handle  # noqa: F401 (re-exported for the kernels)
+from .._cuda import capability
 
 # gmem_ptr / stream_arg build the placeholder arguments a kernel is compiled on; launches go
 # through launch() with raw values.

@@ -32,8 +32,8 @@ from ..quant.layout import grouped_tiles
 from .common.ptx import cp_async_16
 from .common.quantize_tile import ROW_BYTES, TILE_BYTES, TILE_COLS, quantize_tile_colwise, quantize_tile_rowwise
 from .common.placement import TILE_TOKENS, placed_tile
-from .compile import (addr, check_aligned, compile_kernel, front_door_kernel, gmem_ptr, launch, sm_count, stream_arg,
-                      stream_handle, target_arch)
+from .._cuda import sm_count, stream_handle
+from .compile import addr, check_aligned, compile_kernel, front_door_kernel, gmem_ptr, launch, stream_arg, target_arch
 
 STAGE_BYTES = TILE_BYTES
 STAGES = 2

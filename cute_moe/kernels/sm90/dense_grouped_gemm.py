@@ -34,10 +34,10 @@ from ..common.placement import TILE_TOKENS, placed_unit, unit_in_token_order, un
 from ..common.ptx import f32_to_bf16x2, ld_global_v4_pred, quad_transpose, st_global, st_shared
 from ..common.quantize_tile import ROW_BYTES as H_ROW_BYTES
 from ..common.quantize_tile import TILE_BYTES as H_TILE_BYTES
-from ..compile import device_index
+from ..._cuda import device_index
 from .mx_grouped_gemm import GLU, THREADS, TILE_K, WARPGROUPS, MXGroupedGemmSm90Kernel
-from .parts import (banded_coords, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16, mma_partitions,
-                    tma_tile_partitions, token_tma_atom, weight_tma_atom, wgmma_ss_consume)
+from .parts import (acc_stmatrix_copy, banded_coords, load_ab_stage, make_ab_pipeline, make_tiled_mma_bf16,
+                    mma_partitions, tma_tile_partitions, token_tma_atom, weight_tma_atom, wgmma_ss_consume)
 
 TILE_M = TILE_TOKENS  # tokens (WGMMA's M: 64 per warpgroup)
 TILE_N = 256  # features (WGMMA's N); FC1: 4 gate/up pairs -> 128 columns of h
@@ -320,11 +320,7 @@ def store_acc_tma(acc, tiled_mma, s_out, tma_out, tma_mOut, n_tile, row0, tidx):
     i % EPI_STAGES of the ring ``s_out``, then stored by one TMA from thread 0, which before that
     waits until the stage the next sub-tile takes has been read by its last store (all consumers
     pass a named barrier between; the wait spans tiles: bulk groups are per thread)."""
-    row_major = cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
-    st_atom = sm90_utils.get_smem_store_op(row_major, BFloat16, Float32)
-    r2s = cute.make_tiled_copy_S(st_atom, cute.make_tiled_copy_C_atom(st_atom, tiled_mma))
-    thr_r2s = r2s.get_slice(tidx)
-    tRS_acc = r2s.retile(acc)
+    r2s, thr_r2s, tRS_acc = acc_stmatrix_copy(acc, tiled_mma, tidx)
     tRS_s = thr_r2s.partition_D(s_out)  # (R2S, R2S_M, R2S_N, stage)
     sub_shape = cute.shape(thr_r2s.partition_S(s_out))[:3]
     sub_f32 = cute.make_rmem_tensor(sub_shape, Float32)

@@ -32,7 +32,8 @@ from cutlass import BFloat16, Int32, Int64
 
 from ...quant.layout import grouped_tiles
 from ..common.placement import MAX_EXPERTS, TILE_TOKENS
-from ..compile import addr, check_aligned, compile_kernel, gmem_ptr, launch, stream_arg, stream_handle, target_arch
+from ..._cuda import stream_handle
+from ..compile import addr, check_aligned, compile_kernel, gmem_ptr, launch, stream_arg, target_arch
 from .parts import (grouped_tma_atoms, make_tiled_mma_bf16, mma_partitions, placed_cta, stage_acc_bf16,
                     start_ab_pipeline, wgmma_ss_mainloop)
 

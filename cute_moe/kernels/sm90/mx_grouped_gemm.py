@@ -31,8 +31,9 @@ How the work is laid out, and why:
   twice as long). On bf16 tokens the tiles of a short last round of CTAs are split along K
   (:func:`tail_splits`, :meth:`reduce_splits`: fp32 partials, the last split adds them in split
   order and runs the epilogue): pro B=1's 144 FC1 tiles on 132 SMs took two rounds for 1.09 of
-  work (session 19: 149 -> 109 us). Gap units and empty experts never touch ``b``. CTAs take their (N tile, unit) in
-  bands of 8 N tiles (``parts.banded_tile``), so that the CTAs in flight share weight tiles in L2.
+  work (session 19: 149 -> 109 us). Gap units and empty experts never touch ``b``. CTAs take
+  their (N tile, unit) in bands of 8 N tiles (``parts.banded_tile``), so that the CTAs in flight
+  share weight tiles in L2.
 - TMA loads the unit's token rows (a box of up to 256 rows from the unit's first token; TMA boxes
   start at any row) and the e4m3 weight rows of ``b_row[e]``, 64 k per stage, into a
   ``PipelineTmaAsync`` ring (5 stages in training, 6 in decode), the weights plain row-major
@@ -94,8 +95,8 @@ from ..common.placement import MAX_EXPERTS, TILE_TOKENS, filled_tile, gap_tile, 
 from ..common.ptx import (atomic_add_acq_rel, e4m3_to_bf16_scaled, ld_global_cg_f32x4, ld_global_u8, ld_global_u32,
                           ld_shared, st_global, st_global_f32x4, st_shared)
 from ..common.quantize_tile import quantize_tile_colwise, quantize_tile_rowwise, row_bytes
-from ..compile import (addr, check_aligned, compile_kernel, front_door_kernel, gmem_ptr, launch, sm_count, stream_arg,
-                       stream_handle, target_arch)
+from ..._cuda import sm_count, stream_handle
+from ..compile import addr, check_aligned, compile_kernel, front_door_kernel, gmem_ptr, launch, stream_arg, target_arch
 from .parts import (banded_head_tail, banded_tile, bf16_view, grouped_tma_atoms, load_ab_stage, make_tiled_mma_bf16,
                     release_and_refill, stage_acc_bf16, start_ab_pipeline, token_tma_atom)
 
@@ -337,8 +338,8 @@ class MXGroupedGemmSm90Kernel:
                probs: cute.Pointer, h: cute.Pointer, hq_row: cute.Pointer, hs_row: cute.Pointer,
                hq_col: cute.Pointer, hs_col: cute.Pointer, partials: cute.Pointer, tokens: Int32,
                num_experts: Int32, num_tiles: Int32, splits: Int32, whole: Int32, mma_wide: cute.TiledMma,
-               mma_half: cute.TiledMma, mma_narrow: cute.TiledMma, a8_smem, b8_smem, t16_smem: cute.ComposedLayout, tma_a_n: cute.CopyAtom, tma_mA_n: cute.Tensor,
-               tma_a_h: cute.CopyAtom, tma_mA_h: cute.Tensor):
+               mma_half: cute.TiledMma, mma_narrow: cute.TiledMma, a8_smem, b8_smem, t16_smem: cute.ComposedLayout,
+               tma_a_n: cute.CopyAtom, tma_mA_n: cute.Tensor, tma_a_h: cute.CopyAtom, tma_mA_h: cute.Tensor):
         # ---- which expert and rows this unit holds (rows 0: gap unit / empty expert)
         tidx, _, _ = cute.arch.thread_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())

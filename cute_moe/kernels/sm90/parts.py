@@ -232,15 +232,21 @@ def wgmma_ss_consume(tiled_mma, acc, tCrA, tCrB, k_blocks: cutlass.Constexpr, ab
     return read
 
 
+def acc_stmatrix_copy(acc, tiled_mma, tidx, transposed: cutlass.Constexpr = False):
+    """The stmatrix (x4) copy of bf16-converted accumulators to shared memory: (tiled copy, this
+    thread's slice of it, ``acc`` retiled in the copy's (V, M, N) order); ``transposed``: into an
+    M-contiguous tile (stmatrix.trans)."""
+    layout = cutlass.tensor_utils.LayoutEnum.COL_MAJOR if transposed else cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
+    st_atom = sm90_utils.get_smem_store_op(layout, BFloat16, Float32)
+    r2s = cute.make_tiled_copy_S(st_atom, cute.make_tiled_copy_C_atom(st_atom, tiled_mma))
+    return r2s, r2s.get_slice(tidx), r2s.retile(acc)
+
+
 @cute.jit
 def stage_acc_bf16(acc, tiled_mma, s_out, tidx, transposed: cutlass.Constexpr = False):
     """fp32 accumulators -> bf16 -> the shared-memory tile ``s_out`` by stmatrix (x4); ``transposed``:
     ``s_out`` is M-contiguous (stmatrix.trans)."""
-    layout = cutlass.tensor_utils.LayoutEnum.COL_MAJOR if transposed else cutlass.tensor_utils.LayoutEnum.ROW_MAJOR
-    st_atom = sm90_utils.get_smem_store_op(layout, BFloat16, Float32)
-    r2s = cute.make_tiled_copy_S(st_atom, cute.make_tiled_copy_C_atom(st_atom, tiled_mma))
-    thr_r2s = r2s.get_slice(tidx)
-    tRS_acc = r2s.retile(acc)
+    r2s, thr_r2s, tRS_acc = acc_stmatrix_copy(acc, tiled_mma, tidx, transposed)
     # converted in the accumulator's order, then viewed in the copy's (V, M, N) shape: both are
     # compact and stmatrix takes the next 8 accumulators per thread (2 columns x 2 rows x 2
     # n-blocks), so linear order carries over
