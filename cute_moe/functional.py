@@ -124,9 +124,8 @@ class _CudaOps:
 
     def weight(self, w, colwise=False):
         e, n, k = w.shape
-        w16 = w.to(torch.bfloat16)
         if not self.mx:
-            return w16
+            return w.to(torch.bfloat16)
         if colwise:
             # blocks along N inside each expert: one grouped columnwise pass over [E*N, K]
             # (with N % 32 == 0 the dense grouping is the same, without split sizes)
@@ -134,8 +133,9 @@ class _CudaOps:
             if n % 32:
                 sizes = torch.full((e,), n, dtype=torch.int32, device=w.device)
                 offsets = exclusive_offsets(sizes)
-            _, col = quantize_checked(w16.reshape(e * n, k).contiguous(), False, True, sizes, offsets)
+            _, col = quantize_checked(w.to(torch.bfloat16).reshape(e * n, k).contiguous(), False, True, sizes, offsets)
             return dequantize_device(col, torch.bfloat16).view(e, n, k)
+        # (the bf16 copy of a non-bf16 weight is made inside, on a cache miss only)
         return self._cached(w, "row_bf16",
                             lambda: dequantize_device(self._weight_row_mx(w), torch.bfloat16).view(e, n, k))
 
